@@ -1,0 +1,33 @@
+/* balancehub command line: subcommands share option parsing and the store/ledger set-up. */
+#ifndef BH_CLI_CLI_H
+#define BH_CLI_CLI_H
+
+#include "../auth/auth.h"
+#include "../ledger/ledger.h"
+#include "../store/store.h"
+
+/* Exit codes of the command-line contract (SPEC 9). */
+enum { BH_EXIT_OK = 0, BH_EXIT_RUNTIME = 1, BH_EXIT_USAGE = 2 };
+
+/* Options shared by subcommands that open the store. */
+typedef struct {
+    const char *data_dir;
+    const char *store_url; /* NULL: sqlite in data_dir/balancehub.db */
+} bh_cli_store_opts_t;
+
+/* The opened state: store, ledger (users, balances) and keyring (API keys). */
+typedef struct {
+    bh_store_t *store;
+    bh_ledger_t *ledger;
+    bh_keyring_t *keyring;
+} bh_cli_state_t;
+
+int bh_cli_open(const bh_cli_store_opts_t *o, bh_cli_state_t *st);
+void bh_cli_close(bh_cli_state_t *st);
+/* Print "balancehub: MSG" to stderr (one line). */
+void bh_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+int bh_cli_serve(int argc, char **argv);
+int bh_cli_admin(int argc, char **argv);
+
+#endif

@@ -1,0 +1,94 @@
+/* balancehub: entry point and subcommand dispatch; shared store/ledger opening. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../base/error.h"
+#include "cli.h"
+
+static const char usage[] =
+    "usage: balancehub COMMAND [OPTIONS]\n"
+    "\n"
+    "commands:\n"
+    "  serve    run the SignalR balance server (balancehub serve --help)\n"
+    "  admin    administer users, balances and API keys (balancehub admin --help)\n";
+
+void bh_cli_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("balancehub: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static int load_key(void *ud, const bh_store_key_t *k) {
+    return bh_keyring_put(ud, k);
+}
+
+int bh_cli_open(const bh_cli_store_opts_t *o, bh_cli_state_t *st) {
+    char url[4096], err[256] = "";
+    memset(st, 0, sizeof *st);
+    if (!o->store_url) {
+        if (mkdir(o->data_dir, 0700) < 0 && errno != EEXIST) {
+            bh_cli_error("cannot create data directory %s: %s (choose another with --data)",
+                         o->data_dir, strerror(errno));
+            return BH_EIO;
+        }
+        snprintf(url, sizeof url, "sqlite:%s/balancehub.db", o->data_dir);
+    } else {
+        snprintf(url, sizeof url, "%s", o->store_url);
+    }
+    int r = bh_store_open(url, &st->store, err, sizeof err);
+    if (r < 0) {
+        bh_cli_error("cannot open store: %s", err[0] ? err : bh_strerror(r));
+        return r;
+    }
+    r = bh_ledger_open(st->store, &st->ledger);
+    if (r < 0) {
+        bh_cli_error("cannot load the ledger: %s", bh_strerror(r));
+        goto fail;
+    }
+    st->keyring = bh_keyring_new();
+    bh_store_visitor_t v = {.ud = st->keyring, .key = load_key};
+    r = st->keyring ? bh_store_load(st->store, &v) : BH_ENOMEM;
+    if (r < 0) {
+        bh_cli_error("cannot load API keys: %s", bh_strerror(r));
+        goto fail;
+    }
+    return BH_OK;
+fail:
+    bh_cli_close(st);
+    return r;
+}
+
+void bh_cli_close(bh_cli_state_t *st) {
+    if (st->keyring)
+        bh_keyring_free(st->keyring);
+    if (st->ledger)
+        bh_ledger_close(st->ledger);
+    if (st->store)
+        bh_store_close(st->store);
+    memset(st, 0, sizeof *st);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return BH_EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0)
+        return bh_cli_serve(argc - 1, argv + 1);
+    if (strcmp(cmd, "admin") == 0)
+        return bh_cli_admin(argc - 1, argv + 1);
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(usage, stdout);
+        return BH_EXIT_OK;
+    }
+    bh_cli_error("unknown command '%s': run 'balancehub --help' for the list", cmd);
+    return BH_EXIT_USAGE;
+}

@@ -1,0 +1,312 @@
+/* balancehub serve: opens the store and ledger, creates the demo account on request, and runs
+ * the HTTP/WebSocket/SignalR server until SIGINT or SIGTERM. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "../base/error.h"
+#include "../base/log.h"
+#include "../http/server.h"
+#include "../hub/hub.h"
+#include "../signalr/signalr.h"
+#include "cli.h"
+
+#define DEMO_USER "user-123"
+#define SHUTDOWN_GRACE_MS 500
+
+typedef struct {
+    uv_loop_t loop;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t grace;
+    bh_cli_state_t st;
+    bh_httpd_t *httpd;
+    bh_sr_server_t *sr;
+    bh_hub_t *hub;
+    int stopping;
+} server_t;
+
+static const char serve_usage[] =
+    "usage: balancehub serve [OPTIONS]\n"
+    "\n"
+    "  --listen HOST:PORT       address to listen on (default 127.0.0.1:5000,\n"
+    "                           env BALANCEHUB_LISTEN; port 0 picks a free one)\n"
+    "  --data DIR               data directory (default ./data)\n"
+    "  --store URL              store: sqlite:PATH (default sqlite:DIR/balancehub.db)\n"
+    "  --demo                   create the demo user user-123 and its API key if absent;\n"
+    "                           the key is written to DIR/demo-api-key and printed\n"
+    "  --hub-path PATH          hub path (default /ExecutionLiveServer/v1)\n"
+    "  --keepalive-ms N         server ping interval (default 15000)\n"
+    "  --client-timeout-ms N    close connections silent this long (default 30000)\n"
+    "  --handshake-timeout-ms N SignalR handshake deadline (default 15000)\n"
+    "  --max-message BYTES      largest inbound hub message (default 32768)\n"
+    "  -h, --help               this help\n";
+
+static void on_http(void *ud, bh_http_conn_t *hc, const bh_http_request_t *req, const char *body,
+                    size_t len) {
+    server_t *srv = ud;
+    if (req->path_len == 8 && memcmp(req->path, "/healthz", 8) == 0) {
+        if (req->method == BH_HTTP_GET || req->method == BH_HTTP_HEAD)
+            bh_http_respond(hc, 200, "text/plain", NULL, "ok", 2);
+        else
+            bh_http_respond(hc, 405, "text/plain", "Allow: GET, HEAD\r\n", "Method Not Allowed",
+                            18);
+        return;
+    }
+    if (bh_sr_handle_http(srv->sr, hc, req, body, len))
+        return;
+    bh_http_respond_error(hc, 404, "not found");
+}
+
+static void on_grace(uv_timer_t *t) {
+    server_t *srv = t->data;
+    bh_httpd_close_all(srv->httpd);
+    uv_close((uv_handle_t *)&srv->grace, NULL);
+}
+
+static void on_signal(uv_signal_t *sig, int signum) {
+    server_t *srv = sig->data;
+    if (srv->stopping)
+        return;
+    srv->stopping = 1;
+    bh_log(BH_LOG_INFO, "shutting down (signal %d)", signum);
+    bh_httpd_stop_accepting(srv->httpd);
+    bh_sr_server_close_all(srv->sr, NULL, 1);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+    uv_timer_start(&srv->grace, on_grace, SHUTDOWN_GRACE_MS, 0);
+}
+
+static int parse_u64(const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-')
+        return BH_EINVAL;
+    *out = v;
+    return BH_OK;
+}
+
+static int demo_op(bh_ledger_t *l, bh_op_kind_t kind, const char *op_id, const char *asset,
+                   const char *amount) {
+    bh_op_t op = {.kind = kind};
+    snprintf(op.op_id, sizeof op.op_id, "%s", op_id);
+    snprintf(op.asset, sizeof op.asset, "%s", asset);
+    int r = bh_dec_parse(amount, strlen(amount), &op.amount);
+    if (r == 0)
+        r = bh_ledger_apply(l, DEMO_USER, &op, NULL);
+    return r == BH_EEXIST ? BH_OK : r;
+}
+
+/* The seed's example account: BTC 0.5, ETH 5, USDT 1000 available + 250 allocated, each asset
+ * maxExposure 1500, base EUR, totalMaxExposure 1500. */
+static int demo_user(bh_ledger_t *l) {
+    bh_snapshot_t *s = bh_ledger_snapshot(l, DEMO_USER);
+    if (s) {
+        bh_snapshot_release(s);
+        return BH_OK;
+    }
+    int r = bh_ledger_create_user(l, DEMO_USER, "EUR", bh_dec_from_int(1500));
+    static const char *assets[] = {"BTC", "ETH", "USDT"};
+    static const char *deposits[] = {"0.5", "5", "1250"};
+    for (int i = 0; r == 0 && i < 3; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "demo-deposit-%s", assets[i]);
+        r = demo_op(l, BH_OP_DEPOSIT, id, assets[i], deposits[i]);
+        snprintf(id, sizeof id, "demo-limit-%s", assets[i]);
+        if (r == 0)
+            r = demo_op(l, BH_OP_SET_LIMIT, id, assets[i], "1500");
+    }
+    if (r == 0)
+        r = demo_op(l, BH_OP_ALLOCATE, "demo-allocate-USDT", "USDT", "250");
+    return r;
+}
+
+/* Read the demo key from DIR/demo-api-key, or create one and write it there (mode 0600). */
+static int demo_key(server_t *srv, const char *dir, char key[BH_API_KEY_LEN + 1]) {
+    char path[4096], kid[BH_KEY_ID_LEN + 1], user[BH_ID_MAX + 1];
+    snprintf(path, sizeof path, "%s/demo-api-key", dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t n = fread(key, 1, BH_API_KEY_LEN, f);
+        fclose(f);
+        key[n] = 0;
+        if (bh_keyring_lookup(srv->st.keyring, key, n, user, kid) == 0 &&
+            strcmp(user, DEMO_USER) == 0)
+            return BH_OK;
+    }
+    int r = bh_auth_create_key(srv->st.store, srv->st.keyring, DEMO_USER, key, kid);
+    if (r < 0)
+        return r;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || write(fd, key, BH_API_KEY_LEN) != BH_API_KEY_LEN || write(fd, "\n", 1) != 1) {
+        bh_cli_error("cannot write %s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return BH_EIO;
+    }
+    fchmod(fd, 0600);
+    close(fd);
+    return BH_OK;
+}
+
+int bh_cli_serve(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"listen", required_argument, 0, 'l'},
+        {"data", required_argument, 0, 'd'},
+        {"store", required_argument, 0, 's'},
+        {"demo", no_argument, 0, 'D'},
+        {"hub-path", required_argument, 0, 'p'},
+        {"keepalive-ms", required_argument, 0, 'k'},
+        {"client-timeout-ms", required_argument, 0, 't'},
+        {"handshake-timeout-ms", required_argument, 0, 'H'},
+        {"max-message", required_argument, 0, 'm'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *listen = getenv("BALANCEHUB_LISTEN");
+    bh_cli_store_opts_t so = {.data_dir = "./data"};
+    bh_sr_config_t sc = {
+        .hub_path = "/ExecutionLiveServer/v1",
+        .keepalive_ms = 15000,
+        .client_timeout_ms = 30000,
+        .handshake_timeout_ms = 15000,
+        .max_message = 32768,
+    };
+    int demo = 0, c;
+    uint64_t v;
+    if (!listen || !*listen)
+        listen = "127.0.0.1:5000";
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'l':
+            listen = optarg;
+            break;
+        case 'd':
+            so.data_dir = optarg;
+            break;
+        case 's':
+            so.store_url = optarg;
+            break;
+        case 'D':
+            demo = 1;
+            break;
+        case 'p':
+            sc.hub_path = optarg;
+            break;
+        case 'h':
+            fputs(serve_usage, stdout);
+            return BH_EXIT_OK;
+        case 'k':
+        case 't':
+        case 'H':
+        case 'm':
+            if (parse_u64(optarg, &v) < 0 || v == 0) {
+                bh_cli_error("%s needs a positive whole number, got '%s'", argv[optind - 2],
+                             optarg);
+                return BH_EXIT_USAGE;
+            }
+            if (c == 'k')
+                sc.keepalive_ms = v;
+            else if (c == 't')
+                sc.client_timeout_ms = v;
+            else if (c == 'H')
+                sc.handshake_timeout_ms = v;
+            else
+                sc.max_message = (size_t)v;
+            break;
+        default:
+            bh_cli_error("unknown or incomplete option '%s': run 'balancehub serve --help'",
+                         argv[optind - 1]);
+            return BH_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        bh_cli_error("unexpected argument '%s': run 'balancehub serve --help'", argv[optind]);
+        return BH_EXIT_USAGE;
+    }
+    if (sc.hub_path[0] != '/') {
+        bh_cli_error("--hub-path must start with '/'");
+        return BH_EXIT_USAGE;
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+
+    server_t srv;
+    memset(&srv, 0, sizeof srv);
+    int rc = BH_EXIT_RUNTIME, r, port = 0;
+    char key[BH_API_KEY_LEN + 1] = "", err[256] = "";
+    uv_loop_init(&srv.loop);
+    if (bh_cli_open(&so, &srv.st) < 0)
+        goto done;
+    if (demo) {
+        r = demo_user(srv.st.ledger);
+        if (r == 0)
+            r = demo_key(&srv, so.data_dir, key);
+        if (r < 0) {
+            bh_cli_error("cannot create the demo account: %s", bh_strerror(r));
+            goto done;
+        }
+    }
+    size_t nm;
+    const bh_sr_method_t *methods = bh_hub_methods(&nm);
+    if (bh_hub_new(srv.st.ledger, srv.st.keyring, &srv.hub) < 0 ||
+        bh_sr_server_new(&sc, methods, nm, bh_hub_hooks(), srv.hub, &srv.sr) < 0) {
+        bh_cli_error("cannot start the SignalR server: out of memory");
+        goto done;
+    }
+    bh_httpd_config_t hc = {
+        .max_head = 16384,
+        .max_body = 65536,
+        .request_timeout_ms = 10000,
+        .idle_timeout_ms = 60000,
+        .max_output = 1 << 20,
+    };
+    r = bh_httpd_new(&srv.loop, &hc, listen, on_http, &srv, &srv.httpd, &port, err, sizeof err);
+    if (r < 0) {
+        bh_cli_error("%s", err);
+        goto done;
+    }
+    uv_signal_init(&srv.loop, &srv.sigint);
+    uv_signal_init(&srv.loop, &srv.sigterm);
+    uv_timer_init(&srv.loop, &srv.grace);
+    srv.sigint.data = srv.sigterm.data = srv.grace.data = &srv;
+    uv_signal_start(&srv.sigint, on_signal, SIGINT);
+    uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
+
+    char host[256];
+    snprintf(host, sizeof host, "%s", listen);
+    char *colon = strrchr(host, ':');
+    if (colon)
+        *colon = 0;
+    printf("balancehub: listening on http://%s:%d\n", host, port);
+    printf("hub: http://%s:%d%s\n", host, port, sc.hub_path);
+    if (demo)
+        printf("demo user: %s\ndemo API key: %s (saved in %s/demo-api-key)\n", DEMO_USER, key,
+               so.data_dir);
+    fflush(stdout);
+    OPENSSL_cleanse(key, sizeof key);
+    uv_run(&srv.loop, UV_RUN_DEFAULT);
+    rc = BH_EXIT_OK;
+done:
+    if (srv.httpd) {
+        if (!srv.stopping) {
+            bh_httpd_close_all(srv.httpd);
+            uv_run(&srv.loop, UV_RUN_DEFAULT);
+        }
+        bh_httpd_free(srv.httpd);
+    }
+    bh_sr_server_free(srv.sr);
+    bh_hub_free(srv.hub);
+    bh_cli_close(&srv.st);
+    if (uv_loop_close(&srv.loop) != 0)
+        bh_log(BH_LOG_WARN, "event loop closed with open handles");
+    return rc;
+}

@@ -1,0 +1,221 @@
+/* HTTP/1.1 server connections: buffering, limits, timeouts, pipelining and upgrade hand-over.
+ * Request heads are re-parsed from the connection buffer until complete (heads are small). */
+#include "server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../base/buf.h"
+#include "../base/error.h"
+#include "../base/json.h"
+#include "../base/log.h"
+
+struct bh_httpd {
+    bh_net_t *net;
+    bh_httpd_config_t cfg;
+    bh_httpd_handler_t handler;
+    void *ud;
+    bh_buf_t scratch;
+};
+
+struct bh_http_conn {
+    bh_conn_t *c;
+    bh_httpd_t *srv;
+    bh_buf_t in;
+    const bh_http_upgrade_ops_t *up;
+    void *up_ud;
+    int keep_alive; /* of the request being answered */
+    int responded;
+    int closing;
+    int in_dispatch;
+};
+
+static void on_request_timeout(void *arg) {
+    bh_http_conn_t *hc = arg;
+    bh_http_respond_error(hc, 408, "request not completed in time");
+}
+
+static void on_idle_timeout(void *arg) {
+    bh_http_conn_t *hc = arg;
+    bh_conn_close(hc->c);
+}
+
+static void conn_open(bh_conn_t *c, void *server_ud) {
+    bh_httpd_t *s = server_ud;
+    bh_http_conn_t *hc = calloc(1, sizeof *hc);
+    if (!hc) {
+        bh_conn_abort(c);
+        return;
+    }
+    hc->c = c;
+    hc->srv = s;
+    bh_buf_init(&hc->in, s->cfg.max_head + s->cfg.max_body);
+    bh_conn_set_data(c, hc);
+    bh_conn_set_timer(c, s->cfg.request_timeout_ms, on_request_timeout, hc);
+}
+
+static void conn_closed(bh_conn_t *c) {
+    bh_http_conn_t *hc = bh_conn_data(c);
+    if (!hc)
+        return;
+    if (hc->up && hc->up->on_close)
+        hc->up->on_close(hc->up_ud);
+    bh_buf_free(&hc->in);
+    free(hc);
+}
+
+/* Parse and dispatch every complete request in the buffer. */
+static void process(bh_http_conn_t *hc) {
+    bh_httpd_t *s = hc->srv;
+    while (!hc->closing && !hc->up && hc->in.len > 0) {
+        bh_http_request_t req;
+        int status = 400;
+        int r = bh_http_parse_request(hc->in.data, hc->in.len, s->cfg.max_head, &req, &status);
+        if (r == BH_EAGAIN)
+            return;
+        if (r < 0) {
+            bh_http_respond_error(hc, status, bh_http_reason(status));
+            return;
+        }
+        if (req.content_length > s->cfg.max_body) {
+            bh_http_respond_error(hc, 413, "request body too large");
+            return;
+        }
+        size_t total = req.head_len + (size_t)req.content_length;
+        if (hc->in.len < total)
+            return;
+        hc->keep_alive = req.keep_alive;
+        hc->responded = 0;
+        hc->in_dispatch = 1;
+        s->handler(s->ud, hc, &req, hc->in.data + req.head_len, (size_t)req.content_length);
+        hc->in_dispatch = 0;
+        if (hc->up) {
+            /* Bytes pipelined after the upgrade request belong to the new protocol. */
+            size_t rest = hc->in.len - total;
+            bh_buf_t in = hc->in;
+            bh_buf_init(&hc->in, 0);
+            if (rest > 0)
+                hc->up->on_data(hc->up_ud, in.data + total, rest);
+            bh_buf_free(&in);
+            return;
+        }
+        if (!hc->responded)
+            bh_http_respond_error(hc, 500, "no response");
+        bh_buf_consume(&hc->in, total);
+        if (!hc->keep_alive && !hc->closing) {
+            hc->closing = 1;
+            bh_conn_close(hc->c);
+        }
+    }
+    if (!hc->closing && !hc->up) {
+        if (hc->in.len == 0)
+            bh_conn_set_timer(hc->c, s->cfg.idle_timeout_ms, on_idle_timeout, hc);
+        else
+            bh_conn_set_timer(hc->c, s->cfg.request_timeout_ms, on_request_timeout, hc);
+    }
+}
+
+static void conn_data(bh_conn_t *c, const char *data, size_t len) {
+    bh_http_conn_t *hc = bh_conn_data(c);
+    if (hc->up) {
+        hc->up->on_data(hc->up_ud, data, len);
+        return;
+    }
+    if (hc->closing)
+        return;
+    int was_empty = hc->in.len == 0;
+    if (bh_buf_append(&hc->in, data, len) < 0) {
+        bh_http_respond_error(hc, 431, "request too large");
+        return;
+    }
+    if (was_empty)
+        bh_conn_set_timer(c, hc->srv->cfg.request_timeout_ms, on_request_timeout, hc);
+    process(hc);
+}
+
+static const bh_conn_handler_t conn_handler = {conn_open, conn_data, conn_closed};
+
+int bh_httpd_new(uv_loop_t *loop, const bh_httpd_config_t *cfg, const char *listen,
+                 bh_httpd_handler_t handler, void *ud, bh_httpd_t **out, int *port, char *errmsg,
+                 size_t errcap) {
+    bh_httpd_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return BH_ENOMEM;
+    s->cfg = *cfg;
+    s->handler = handler;
+    s->ud = ud;
+    bh_buf_init(&s->scratch, 0);
+    bh_net_config_t ncfg = {.max_output = cfg->max_output};
+    int r = bh_net_new(loop, &ncfg, listen, &conn_handler, s, &s->net, port, errmsg, errcap);
+    if (r < 0) {
+        free(s);
+        return r;
+    }
+    *out = s;
+    return BH_OK;
+}
+
+void bh_httpd_stop_accepting(bh_httpd_t *s) {
+    bh_net_stop_accepting(s->net);
+}
+
+void bh_httpd_close_all(bh_httpd_t *s) {
+    bh_net_close_all(s->net);
+}
+
+void bh_httpd_free(bh_httpd_t *s) {
+    if (!s)
+        return;
+    bh_net_free(s->net);
+    bh_buf_free(&s->scratch);
+    free(s);
+}
+
+int bh_http_respond(bh_http_conn_t *hc, int status, const char *ctype, const char *extra,
+                    const char *body, size_t len) {
+    bh_buf_t *b = &hc->srv->scratch;
+    bh_buf_reset(b);
+    hc->responded = 1;
+    int keep = hc->keep_alive && !hc->closing && status < 400;
+    if (!keep)
+        hc->keep_alive = 0;
+    int r = bh_http_write_response(b, status, ctype, extra, body, len, keep);
+    if (r == 0)
+        r = bh_conn_write(hc->c, b->data, b->len);
+    if (!keep && !hc->closing) {
+        hc->closing = 1;
+        bh_conn_close(hc->c);
+    }
+    return r;
+}
+
+int bh_http_respond_error(bh_http_conn_t *hc, int status, const char *msg) {
+    bh_buf_t body;
+    bh_buf_init(&body, 0);
+    int r = bh_buf_appends(&body, "{\"error\":");
+    if (r == 0)
+        r = bh_json_write_str(&body, msg, strlen(msg));
+    if (r == 0)
+        r = bh_buf_appends(&body, "}");
+    hc->keep_alive = 0;
+    if (r == 0)
+        r = bh_http_respond(hc, status, "application/json", NULL, body.data, body.len);
+    bh_buf_free(&body);
+    if (!hc->closing) {
+        hc->closing = 1;
+        bh_conn_close(hc->c);
+    }
+    return r;
+}
+
+void bh_http_upgrade(bh_http_conn_t *hc, const bh_http_upgrade_ops_t *ops, void *ud) {
+    hc->up = ops;
+    hc->up_ud = ud;
+    hc->responded = 1;
+    bh_conn_set_timer(hc->c, 0, NULL, NULL);
+}
+
+bh_conn_t *bh_http_conn_net(bh_http_conn_t *hc) {
+    return hc->c;
+}

@@ -1,0 +1,54 @@
+/* HTTP/1.1 server connections on top of src/net: request framing with limits and timeouts,
+ * keep-alive and pipelining, clear 4xx answers, and hand-over of a connection to an upgraded
+ * protocol (WebSocket). */
+#ifndef BH_HTTP_SERVER_H
+#define BH_HTTP_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../net/net.h"
+#include "http.h"
+
+typedef struct bh_httpd bh_httpd_t;
+typedef struct bh_http_conn bh_http_conn_t;
+
+typedef struct {
+    size_t max_head;             /* request line + headers (431 beyond) */
+    size_t max_body;             /* request body (413 beyond) */
+    uint64_t request_timeout_ms; /* a started request must complete within this (408) */
+    uint64_t idle_timeout_ms;    /* keep-alive connection without a request is closed */
+    size_t max_output;           /* per-connection queued output cap */
+} bh_httpd_config_t;
+
+/* Called once per complete request. The request and body are valid during the call only.
+ * The handler must answer with bh_http_respond or take over with bh_http_upgrade. */
+typedef void (*bh_httpd_handler_t)(void *ud, bh_http_conn_t *hc, const bh_http_request_t *req,
+                                   const char *body, size_t body_len);
+
+typedef struct {
+    /* Bytes after the upgrade (the first call may carry bytes that followed the request). */
+    void (*on_data)(void *ud, const char *data, size_t len);
+    /* The connection is gone: free the upgraded state. Last call. */
+    void (*on_close)(void *ud);
+} bh_http_upgrade_ops_t;
+
+int bh_httpd_new(uv_loop_t *loop, const bh_httpd_config_t *cfg, const char *listen,
+                 bh_httpd_handler_t handler, void *ud, bh_httpd_t **out, int *port, char *errmsg,
+                 size_t errcap);
+void bh_httpd_stop_accepting(bh_httpd_t *s);
+/* Close every connection now. */
+void bh_httpd_close_all(bh_httpd_t *s);
+/* Free after the loop has finished (every handle closed). */
+void bh_httpd_free(bh_httpd_t *s);
+
+/* Answer the current request. extra: header lines each ending in CRLF, or NULL. */
+int bh_http_respond(bh_http_conn_t *hc, int status, const char *ctype, const char *extra,
+                    const char *body, size_t len);
+/* Answer with a JSON error body {"error":msg} and close the connection afterwards. */
+int bh_http_respond_error(bh_http_conn_t *hc, int status, const char *msg);
+/* Take the connection over: later bytes go to ops->on_data. The caller writes its own 101. */
+void bh_http_upgrade(bh_http_conn_t *hc, const bh_http_upgrade_ops_t *ops, void *ud);
+bh_conn_t *bh_http_conn_net(bh_http_conn_t *hc);
+
+#endif

@@ -1,0 +1,400 @@
+/* TCP listener and connections on libuv: batched writes flushed once per loop turn from
+ * prepare/check handles, a hard output cap, lingering close, one timer per connection. */
+#include "net.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../base/buf.h"
+#include "../base/error.h"
+#include "../base/log.h"
+
+#define BH_NET_READ_BUF 65536
+#define BH_NET_LINGER_MS 2000
+
+struct bh_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t wreq;
+    uv_shutdown_t sreq;
+    bh_net_t *net;
+    void *ud;
+    bh_buf_t out;      /* queued, not yet handed to libuv */
+    bh_buf_t inflight; /* handed to uv_write, waiting for its callback */
+    bh_conn_timer_cb timer_cb;
+    void *timer_arg;
+    bh_conn_t *dirty_next;
+    bh_conn_t *prev, *next;
+    int open_handles;
+    unsigned dirty : 1, writing : 1, closing : 1, shut : 1, dead : 1, notified : 1;
+};
+
+struct bh_net {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    uv_prepare_t prepare;
+    uv_check_t check;
+    bh_conn_handler_t h;
+    void *server_ud;
+    size_t max_output;
+    bh_conn_t *conns; /* every live connection */
+    size_t nconns;
+    bh_conn_t *dirty; /* connections with output to flush this turn */
+    int listening, handles_closed;
+    char readbuf[BH_NET_READ_BUF];
+};
+
+static void conn_flush(bh_conn_t *c);
+static void conn_hard_close(bh_conn_t *c);
+
+static void mark_dirty(bh_conn_t *c) {
+    if (c->dirty)
+        return;
+    c->dirty = 1;
+    c->dirty_next = c->net->dirty;
+    c->net->dirty = c;
+}
+
+static void flush_dirty(bh_net_t *n) {
+    while (n->dirty) {
+        bh_conn_t *c = n->dirty;
+        n->dirty = c->dirty_next;
+        c->dirty = 0;
+        c->dirty_next = NULL;
+        conn_flush(c);
+    }
+}
+
+static void on_prepare(uv_prepare_t *h) {
+    flush_dirty(h->data);
+}
+
+static void on_check(uv_check_t *h) {
+    flush_dirty(h->data);
+}
+
+static void conn_free_if_done(bh_conn_t *c) {
+    if (c->open_handles > 0)
+        return;
+    bh_net_t *n = c->net;
+    if (!c->notified) {
+        c->notified = 1;
+        if (n->h.on_close)
+            n->h.on_close(c);
+    }
+    if (c->dirty) {
+        for (bh_conn_t **p = &n->dirty; *p; p = &(*p)->dirty_next) {
+            if (*p == c) {
+                *p = c->dirty_next;
+                break;
+            }
+        }
+    }
+    bh_buf_free(&c->out);
+    bh_buf_free(&c->inflight);
+    free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+    bh_conn_t *c = h->data;
+    c->open_handles--;
+    conn_free_if_done(c);
+}
+
+static void conn_hard_close(bh_conn_t *c) {
+    if (c->dead)
+        return;
+    c->dead = 1;
+    bh_net_t *n = c->net;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        n->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    n->nconns--;
+    /* Upper layers hear of the close from the close callback, never from inside one of their
+     * own calls (a write that hits the output cap), so no caller's state vanishes under it. */
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    bh_conn_t *c = h->data;
+    buf->base = c->net->readbuf;
+    buf->len = sizeof c->net->readbuf;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+    bh_conn_t *c = s->data;
+    if (nread < 0) {
+        conn_hard_close(c);
+        return;
+    }
+    if (nread == 0 || c->closing || c->dead)
+        return; /* lingering: input is discarded */
+    c->net->h.on_data(c, buf->base, (size_t)nread);
+}
+
+static void on_linger_timeout(uv_timer_t *t) {
+    conn_hard_close(t->data);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+    bh_conn_t *c = req->data;
+    if (c->dead)
+        return;
+    if (status < 0) {
+        conn_hard_close(c);
+        return;
+    }
+    c->timer_cb = NULL;
+    uv_timer_start(&c->timer, on_linger_timeout, BH_NET_LINGER_MS, 0);
+}
+
+static void on_write(uv_write_t *req, int status) {
+    bh_conn_t *c = req->data;
+    c->writing = 0;
+    bh_buf_reset(&c->inflight);
+    if (c->dead)
+        return;
+    if (status < 0) {
+        conn_hard_close(c);
+        return;
+    }
+    conn_flush(c);
+}
+
+static void conn_flush(bh_conn_t *c) {
+    if (c->dead || c->writing)
+        return;
+    if (c->out.len == 0) {
+        if (c->closing && !c->shut) {
+            c->shut = 1;
+            c->sreq.data = c;
+            if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
+                conn_hard_close(c);
+        }
+        return;
+    }
+    bh_buf_t tmp = c->inflight;
+    c->inflight = c->out;
+    c->out = tmp;
+    uv_buf_t b = uv_buf_init(c->inflight.data, (unsigned)c->inflight.len);
+    c->wreq.data = c;
+    c->writing = 1;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+        c->writing = 0;
+        conn_hard_close(c);
+    }
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+    bh_net_t *n = server->data;
+    if (status < 0)
+        return;
+    bh_conn_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->net = n;
+    bh_buf_init(&c->out, 0);
+    bh_buf_init(&c->inflight, 0);
+    uv_tcp_init(n->loop, &c->tcp);
+    uv_timer_init(n->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->open_handles = 2;
+    c->next = n->conns;
+    if (n->conns)
+        n->conns->prev = c;
+    n->conns = c;
+    n->nconns++;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        c->notified = 1;
+        conn_hard_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    n->h.on_open(c, n->server_ud);
+    if (!c->dead && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0)
+        conn_hard_close(c);
+}
+
+static int parse_listen(const char *listen, struct sockaddr_storage *ss) {
+    char host[256];
+    const char *colon = strrchr(listen, ':');
+    if (!colon || colon == listen)
+        return BH_EINVAL;
+    size_t hl = (size_t)(colon - listen);
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || end == colon + 1 || port < 0 || port > 65535)
+        return BH_EINVAL;
+    if (listen[0] == '[') {
+        if (hl < 2 || listen[hl - 1] != ']' || hl - 2 >= sizeof host)
+            return BH_EINVAL;
+        memcpy(host, listen + 1, hl - 2);
+        host[hl - 2] = 0;
+        return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) ? BH_EINVAL : BH_OK;
+    }
+    if (hl >= sizeof host)
+        return BH_EINVAL;
+    memcpy(host, listen, hl);
+    host[hl] = 0;
+    if (strcmp(host, "localhost") == 0)
+        strcpy(host, "127.0.0.1");
+    return uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) ? BH_EINVAL : BH_OK;
+}
+
+int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
+               const bh_conn_handler_t *h, void *server_ud, bh_net_t **out, int *port, char *errmsg,
+               size_t errcap) {
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (parse_listen(listen, &ss) < 0) {
+        snprintf(errmsg, errcap, "bad listen address '%s': use HOST:PORT, e.g. 127.0.0.1:5000",
+                 listen);
+        return BH_EINVAL;
+    }
+    bh_net_t *n = calloc(1, sizeof *n);
+    if (!n)
+        return BH_ENOMEM;
+    n->loop = loop;
+    n->h = *h;
+    n->server_ud = server_ud;
+    n->max_output = cfg->max_output;
+    uv_tcp_init(loop, &n->listener);
+    n->listener.data = n;
+    int r = uv_tcp_bind(&n->listener, (const struct sockaddr *)&ss, 0);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&n->listener, 1024, on_connection);
+    if (r < 0) {
+        snprintf(errmsg, errcap, "cannot listen on %s: %s", listen, uv_strerror(r));
+        uv_close((uv_handle_t *)&n->listener, NULL);
+        uv_run(loop, UV_RUN_NOWAIT);
+        free(n);
+        return BH_EIO;
+    }
+    struct sockaddr_storage bound;
+    int blen = sizeof bound;
+    uv_tcp_getsockname(&n->listener, (struct sockaddr *)&bound, &blen);
+    *port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                              : ((struct sockaddr_in *)&bound)->sin_port);
+    n->listening = 1;
+    uv_prepare_init(loop, &n->prepare);
+    uv_check_init(loop, &n->check);
+    n->prepare.data = n;
+    n->check.data = n;
+    uv_prepare_start(&n->prepare, on_prepare);
+    uv_check_start(&n->check, on_check);
+    *out = n;
+    return BH_OK;
+}
+
+void bh_net_stop_accepting(bh_net_t *n) {
+    if (!n->listening)
+        return;
+    n->listening = 0;
+    uv_close((uv_handle_t *)&n->listener, NULL);
+}
+
+void bh_net_close_all(bh_net_t *n) {
+    bh_net_stop_accepting(n);
+    while (n->conns)
+        conn_hard_close(n->conns);
+    if (!n->handles_closed) {
+        n->handles_closed = 1;
+        uv_close((uv_handle_t *)&n->prepare, NULL);
+        uv_close((uv_handle_t *)&n->check, NULL);
+    }
+}
+
+void bh_net_free(bh_net_t *n) {
+    free(n);
+}
+
+size_t bh_net_connection_count(const bh_net_t *n) {
+    return n->nconns;
+}
+
+void bh_conn_set_data(bh_conn_t *c, void *ud) {
+    c->ud = ud;
+}
+
+void *bh_conn_data(const bh_conn_t *c) {
+    return c->ud;
+}
+
+uv_loop_t *bh_conn_loop(const bh_conn_t *c) {
+    return c->net->loop;
+}
+
+int bh_conn_write(bh_conn_t *c, const void *data, size_t len) {
+    if (c->closing || c->dead)
+        return BH_ECLOSED;
+    if (c->net->max_output && c->out.len + c->inflight.len + len > c->net->max_output) {
+        bh_log(BH_LOG_WARN, "closing slow consumer: output over %zu bytes", c->net->max_output);
+        conn_hard_close(c);
+        return BH_ETOOBIG;
+    }
+    int r = bh_buf_append(&c->out, data, len);
+    if (r < 0) {
+        conn_hard_close(c);
+        return r;
+    }
+    mark_dirty(c);
+    return BH_OK;
+}
+
+void bh_conn_close(bh_conn_t *c) {
+    if (c->closing || c->dead)
+        return;
+    c->closing = 1;
+    uv_timer_stop(&c->timer);
+    c->timer_cb = NULL;
+    mark_dirty(c);
+}
+
+void bh_conn_abort(bh_conn_t *c) {
+    conn_hard_close(c);
+}
+
+int bh_conn_closing(const bh_conn_t *c) {
+    return c->closing || c->dead;
+}
+
+static void on_conn_timer(uv_timer_t *t) {
+    bh_conn_t *c = t->data;
+    bh_conn_timer_cb cb = c->timer_cb;
+    if (cb && !c->dead && !c->closing)
+        cb(c->timer_arg);
+}
+
+void bh_conn_set_timer(bh_conn_t *c, uint64_t ms, bh_conn_timer_cb cb, void *arg) {
+    if (c->dead || c->closing)
+        return;
+    c->timer_cb = cb;
+    c->timer_arg = arg;
+    if (ms == 0 || !cb)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, on_conn_timer, ms, 0);
+}
+
+void bh_conn_peer(const bh_conn_t *c, char *out, size_t cap) {
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    char ip[64] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        } else {
+            uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        }
+    }
+    snprintf(out, cap, "%s:%d", ip, port);
+}

@@ -1,0 +1,58 @@
+/* TCP listeners and connections on one libuv loop. Bytes in through a handler, bytes out
+ * through a capped per-connection buffer that is written with one uv_write per loop turn
+ * (writes queued anywhere during a turn are batched). One timer per connection. */
+#ifndef BH_NET_NET_H
+#define BH_NET_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct bh_net bh_net_t;
+typedef struct bh_conn bh_conn_t;
+
+typedef struct {
+    /* A connection was accepted; set its user data here. */
+    void (*on_open)(bh_conn_t *c, void *server_ud);
+    /* Bytes arrived. data is valid only during the call. */
+    void (*on_data)(bh_conn_t *c, const char *data, size_t len);
+    /* The connection is gone (peer closed, error, or bh_conn_close finished); last call. */
+    void (*on_close)(bh_conn_t *c);
+} bh_conn_handler_t;
+
+typedef struct {
+    size_t max_output; /* queued output above this closes the connection (slow consumer) */
+} bh_net_config_t;
+
+/* Create the network layer on loop; listen on "HOST:PORT" (IPv4 or [IPv6]:PORT; port 0 picks
+ * one). *port receives the bound port. errmsg gets one line on failure. */
+int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
+               const bh_conn_handler_t *h, void *server_ud, bh_net_t **out, int *port, char *errmsg,
+               size_t errcap);
+/* Stop accepting (idempotent). Existing connections continue. */
+void bh_net_stop_accepting(bh_net_t *n);
+/* Close every connection at once (handlers' on_close run as the handles close). */
+void bh_net_close_all(bh_net_t *n);
+/* Free the layer after the loop has closed every handle (call after uv_run returned). */
+void bh_net_free(bh_net_t *n);
+size_t bh_net_connection_count(const bh_net_t *n);
+
+void bh_conn_set_data(bh_conn_t *c, void *ud);
+void *bh_conn_data(const bh_conn_t *c);
+uv_loop_t *bh_conn_loop(const bh_conn_t *c);
+/* Queue bytes for output. BH_ECLOSED once closing; BH_ETOOBIG (and the connection is
+ * aborted) when the output cap would be exceeded. */
+int bh_conn_write(bh_conn_t *c, const void *data, size_t len);
+/* Graceful close: write what is queued, half-close, discard further input until the peer
+ * closes or a short linger time passes, then close. */
+void bh_conn_close(bh_conn_t *c);
+/* Immediate close; queued output is dropped. */
+void bh_conn_abort(bh_conn_t *c);
+int bh_conn_closing(const bh_conn_t *c);
+/* Arm the connection's single timer (one-shot, ms from now; 0 disarms). */
+typedef void (*bh_conn_timer_cb)(void *arg);
+void bh_conn_set_timer(bh_conn_t *c, uint64_t ms, bh_conn_timer_cb cb, void *arg);
+/* Peer address as text ("127.0.0.1:5555"), for logs. */
+void bh_conn_peer(const bh_conn_t *c, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,67 @@
+/* ASP.NET Core SignalR server side: negotiate (v0, v1), the WebSockets transport, the JSON hub
+ * protocol (handshake, Invocation, Completion, Ping, Close), keep-alive and client timeout.
+ * The hub above registers methods; this layer routes invocations and answers unknown ones. */
+#ifndef BH_SIGNALR_SIGNALR_H
+#define BH_SIGNALR_SIGNALR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../base/json.h"
+#include "../http/server.h"
+
+#define BH_SR_ID_MAX 64
+
+typedef struct bh_sr_server bh_sr_server_t;
+typedef struct bh_sr_conn bh_sr_conn_t;
+
+/* A hub method. Validate args (the JSON array of arguments), send any events, and return
+ * BH_OK (Completion with result null) or set *error to a static message (Completion error). */
+typedef int (*bh_sr_method_fn)(void *ud, bh_sr_conn_t *c, const bh_json_t *args,
+                               const char **error);
+
+typedef struct {
+    const char *name;
+    bh_sr_method_fn fn;
+} bh_sr_method_t;
+
+typedef struct {
+    /* Resolve an API key to its user; BH_OK or BH_ENOTFOUND. */
+    int (*authenticate)(void *ud, const char *key, size_t len, char user_id[BH_SR_ID_MAX + 1],
+                        char key_id[BH_SR_ID_MAX + 1]);
+    /* The connection finished its handshake / is gone (the last call for it). */
+    void (*on_connected)(void *ud, bh_sr_conn_t *c);
+    void (*on_disconnected)(void *ud, bh_sr_conn_t *c);
+} bh_sr_hooks_t;
+
+typedef struct {
+    const char *hub_path;          /* "/ExecutionLiveServer/v1" */
+    uint64_t keepalive_ms;         /* server Ping after this much send silence (15000) */
+    uint64_t client_timeout_ms;    /* close a connection silent this long (30000) */
+    uint64_t handshake_timeout_ms; /* 15000 */
+    size_t max_message;            /* largest inbound hub message (32768) */
+} bh_sr_config_t;
+
+int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, size_t nmethods,
+                     const bh_sr_hooks_t *hooks, void *ud, bh_sr_server_t **out);
+/* Close every connection with a Close message (allowReconnect as given). */
+void bh_sr_server_close_all(bh_sr_server_t *s, const char *error, int allow_reconnect);
+void bh_sr_server_free(bh_sr_server_t *s);
+size_t bh_sr_server_connections(const bh_sr_server_t *s);
+
+/* Route an HTTP request. Returns 1 when the path belongs to the hub (answered or upgraded),
+ * 0 when it does not (the caller answers). */
+int bh_sr_handle_http(bh_sr_server_t *s, bh_http_conn_t *hc, const bh_http_request_t *req,
+                      const char *body, size_t len);
+
+const char *bh_sr_conn_user(const bh_sr_conn_t *c);
+const char *bh_sr_conn_key_id(const bh_sr_conn_t *c);
+const char *bh_sr_conn_id(const bh_sr_conn_t *c);
+void bh_sr_conn_set_data(bh_sr_conn_t *c, void *ud);
+void *bh_sr_conn_data(const bh_sr_conn_t *c);
+/* Send an Invocation without id (a client event): target with one argument given as JSON. */
+int bh_sr_send_event(bh_sr_conn_t *c, const char *target, const char *arg_json, size_t len);
+/* Send a Close message (error may be NULL) and close the connection. */
+void bh_sr_close(bh_sr_conn_t *c, const char *error, int allow_reconnect);
+
+#endif
