@@ -41,7 +41,7 @@ $(BIN): $(CLI_OBJ) $(BUILD)/libbh.a
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libbh.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Isrc $(LDFLAGS) -o $@ $< $(BUILD)/libbh.a $(LIBS) $(TEST_LIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libbh.a $(LIBS) $(TEST_LIBS)
 
 deps:
 	@scripts/deps
