@@ -22,8 +22,8 @@ typedef struct {
     int subscribed;
 } hub_conn_t;
 
-int bh_hub_write_envelope(bh_buf_t *b, const char *subject, const char *type,
-                          const char *client_id, const char *data, size_t data_len) {
+int bh_hub_write_envelope(bh_buf_t *b, const char *subject, const char *type, const char *client_id,
+                          const char *data, size_t data_len) {
     int r = bh_buf_appends(b, "{\"channel\":\"" BH_HUB_EVENT "\",\"topic\":\"account.balances\","
                               "\"subject\":");
     if (r == 0)
@@ -95,9 +95,8 @@ static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const 
     const bh_json_t *id;
     const char *bad = check_client_id(args, &id);
     if (bad) {
-        const char *echo = id && id->type == BH_JSON_STRING && !memchr(id->str, 0, id->len)
-                               ? id->str
-                               : NULL;
+        const char *echo =
+            id && id->type == BH_JSON_STRING && !memchr(id->str, 0, id->len) ? id->str : NULL;
         send_message_event(h, c, "preChecksError", echo, bad);
         return BH_OK;
     }

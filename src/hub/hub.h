@@ -23,7 +23,7 @@ const bh_sr_hooks_t *bh_hub_hooks(void);
 
 /* Append the executionEvents envelope: subject, type ("message" or "error"), clientId (NULL
  * gives JSON null) and the already-serialized data object. */
-int bh_hub_write_envelope(bh_buf_t *b, const char *subject, const char *type,
-                          const char *client_id, const char *data, size_t data_len);
+int bh_hub_write_envelope(bh_buf_t *b, const char *subject, const char *type, const char *client_id,
+                          const char *data, size_t data_len);
 
 #endif

@@ -82,7 +82,8 @@ static int b64url_decode(const char *in, size_t n, uint8_t *out, size_t want) {
             ch = '+';
         else if (ch == '_')
             ch = '/';
-        else if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')))
+        else if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                   (ch >= '0' && ch <= '9')))
             return BH_EINVAL;
         tmp[j++] = (unsigned char)ch;
     }
@@ -222,7 +223,8 @@ void bh_sr_close(bh_sr_conn_t *c, const char *error, int allow_reconnect) {
 
 static void close_with_error(bh_sr_conn_t *c, const char *what, const char *detail) {
     char text[512];
-    snprintf(text, sizeof text, "Connection closed with an error. %s%s", what, detail ? detail : "");
+    snprintf(text, sizeof text, "Connection closed with an error. %s%s", what,
+             detail ? detail : "");
     bh_sr_close(c, text, 0);
 }
 
@@ -423,8 +425,8 @@ static void on_ws_message(void *ud, int binary, const char *data, size_t len) {
     if (c->closing)
         return;
     if (binary) {
-        close_with_error(c, "InvalidDataException: ",
-                         "Binary messages are not valid for the 'json' protocol.");
+        close_with_error(
+            c, "InvalidDataException: ", "Binary messages are not valid for the 'json' protocol.");
         return;
     }
     session_feed(c, data, len);
@@ -472,8 +474,8 @@ static void negotiate(bh_sr_server_t *s, bh_http_conn_t *hc, const bh_http_reque
         return;
     char v[8] = "0";
     int version = 0;
-    if (req->query && bh_http_query_param(req->query, req->query_len, "negotiateVersion", v,
-                                          sizeof v) > 0)
+    if (req->query &&
+        bh_http_query_param(req->query, req->query_len, "negotiateVersion", v, sizeof v) > 0)
         version = atoi(v) >= 1 ? 1 : 0;
     char token[BH_SR_TOKEN_CHARS + 1], id[32];
     token_new(s, uv_now(bh_conn_loop(bh_http_conn_net(hc))), key_id, token, id);
@@ -502,8 +504,8 @@ static void websocket(bh_sr_server_t *s, bh_http_conn_t *hc, const bh_http_reque
         return;
     }
     if (!ver || vlen != 2 || memcmp(ver, "13", 2) != 0) {
-        bh_http_respond(hc, 426, "text/plain", "Sec-WebSocket-Version: 13\r\n",
-                        "Upgrade Required", 16);
+        bh_http_respond(hc, 426, "text/plain", "Sec-WebSocket-Version: 13\r\n", "Upgrade Required",
+                        16);
         return;
     }
     char user_id[BH_SR_ID_MAX + 1], key_id[BH_SR_ID_MAX + 1], id[32], token[128];
