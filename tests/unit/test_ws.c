@@ -1,0 +1,738 @@
+/* Unit tests for src/ws: accept key, client frames in (masked, fragmented, interleaved control
+ * frames, split at every byte), every failure's Close code, the close handshake, and the exact
+ * bytes of server frames. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/buf.h"
+#include "base/error.h"
+#include "ws/ws.h"
+
+#define MAX_MSGS 16
+
+typedef struct {
+    bh_ws_t *ws;
+    bh_buf_t out; /* everything flushed so far */
+    int count;    /* messages received */
+    int binary[MAX_MSGS];
+    size_t len[MAX_MSGS];
+    bh_buf_t data; /* received payloads, concatenated */
+    int echo;      /* answer each message with the same message */
+} fx_t;
+
+static void on_message(void *ud, int binary, const char *data, size_t len) {
+    fx_t *f = ud;
+
+    assert_true(f->count < MAX_MSGS);
+    assert_non_null(data);
+    f->binary[f->count] = binary;
+    f->len[f->count] = len;
+    f->count++;
+    assert_int_equal(bh_buf_append(&f->data, data, len), BH_OK);
+    if (f->echo)
+        assert_int_equal(bh_ws_send(f->ws, binary, data, len), BH_OK);
+}
+
+static void fx_init(fx_t *f, size_t max_msg) {
+    static const bh_ws_callbacks_t cb = {on_message};
+
+    memset(f, 0, sizeof(*f));
+    bh_buf_init(&f->out, 0);
+    bh_buf_init(&f->data, 0);
+    f->ws = bh_ws_server_new(&cb, f, max_msg);
+    assert_non_null(f->ws);
+}
+
+static void fx_free(fx_t *f) {
+    bh_ws_free(f->ws);
+    bh_buf_free(&f->out);
+    bh_buf_free(&f->data);
+}
+
+static int feed(fx_t *f, const void *p, size_t n) {
+    /* exact-size heap copy: ASan catches reads past the end */
+    char *copy = malloc(n ? n : 1);
+    int r;
+
+    assert_non_null(copy);
+    memcpy(copy, p, n);
+    r = bh_ws_feed(f->ws, copy, n);
+    free(copy);
+    return r;
+}
+
+static void flush(fx_t *f) {
+    assert_int_equal(bh_ws_flush(f->ws, &f->out), BH_OK);
+}
+
+static void assert_out(fx_t *f, const void *want, size_t n) {
+    flush(f);
+    assert_int_equal(f->out.len, n);
+    assert_memory_equal(f->out.data, want, n);
+    bh_buf_reset(&f->out);
+}
+
+/* A client frame: always masked with the RFC 6455 example key unless mask is 0. */
+static void frame_ex(bh_buf_t *b, int first, int opcode, int mask, const void *payload,
+                     size_t len) {
+    static const unsigned char key[4] = {0x37, 0xfa, 0x21, 0x3d};
+    const unsigned char *p = payload;
+    unsigned char h[14];
+    size_t hl = 2, i;
+
+    h[0] = (unsigned char)first | (unsigned char)opcode;
+    if (len < 126) {
+        h[1] = (unsigned char)len;
+    } else if (len < 65536) {
+        h[1] = 126;
+        h[2] = (unsigned char)(len >> 8);
+        h[3] = (unsigned char)len;
+        hl = 4;
+    } else {
+        h[1] = 127;
+        for (i = 0; i < 8; i++)
+            h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+        hl = 10;
+    }
+    if (mask) {
+        h[1] |= 0x80;
+        memcpy(h + hl, key, 4);
+        hl += 4;
+    }
+    assert_int_equal(bh_buf_append(b, h, hl), BH_OK);
+    for (i = 0; i < len; i++)
+        assert_int_equal(bh_buf_appendc(b, (char)(mask ? p[i] ^ key[i % 4] : p[i])), BH_OK);
+}
+
+#define FIN 0x80
+
+static void frame(bh_buf_t *b, int first, int opcode, const void *payload, size_t len) {
+    frame_ex(b, first, opcode, 1, payload, len);
+}
+
+static void close_frame(bh_buf_t *b, uint16_t code, const char *reason) {
+    char p[128];
+    size_t n = strlen(reason);
+
+    p[0] = (char)(code >> 8);
+    p[1] = (char)code;
+    memcpy(p + 2, reason, n);
+    frame(b, FIN, 0x8, p, n + 2);
+}
+
+static const unsigned char CLOSE_1002[] = {0x88, 0x02, 0x03, 0xea};
+static const unsigned char CLOSE_1007[] = {0x88, 0x02, 0x03, 0xef};
+static const unsigned char CLOSE_1009[] = {0x88, 0x02, 0x03, 0xf1};
+
+/* Feed bytes expected to be a protocol violation answered by exactly `close` (after any
+ * earlier output such as pongs), with no further messages. */
+static void expect_fail(const void *bytes, size_t n, size_t max_msg, const unsigned char *close) {
+    fx_t f;
+
+    fx_init(&f, max_msg);
+    assert_int_equal(feed(&f, bytes, n), BH_EPROTO);
+    assert_int_equal(f.count, 0);
+    assert_false(bh_ws_finished(f.ws));
+    assert_out(&f, close, 4);
+    assert_true(bh_ws_finished(f.ws));
+    /* the session is over: more input is refused, sending too */
+    assert_int_equal(feed(&f, "\x81\x80\0\0\0\0", 6), BH_EPROTO);
+    assert_int_equal(bh_ws_send(f.ws, 0, "x", 1), BH_ECLOSED);
+    assert_out(&f, "", 0);
+    fx_free(&f);
+}
+
+static void test_accept_key(void **state) {
+    char out[29];
+
+    memset(out, 'x', sizeof(out));
+    assert_int_equal(bh_ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", 24, out), BH_OK);
+    assert_string_equal(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_int_equal(bh_ws_accept_key("AAAAAAAAAAAAAAAAAAAAAA==", 24, out), BH_OK);
+    assert_int_equal(strlen(out), 28);
+
+    assert_int_equal(bh_ws_accept_key("dGhlIHNhbXBsZSBub25jZQ=", 23, out), BH_EINVAL);
+    assert_int_equal(bh_ws_accept_key("dGhlIHNhbXBsZSBub25jZQ===", 25, out), BH_EINVAL);
+    assert_int_equal(bh_ws_accept_key("dGhlIHNhbXBsZSBub25jZQAA", 24, out), BH_EINVAL);
+    assert_int_equal(bh_ws_accept_key("dGhlIHNhbXBsZSBub25j*Q==", 24, out), BH_EINVAL);
+    assert_int_equal(bh_ws_accept_key("", 0, out), BH_EINVAL);
+    assert_int_equal(bh_ws_accept_key(NULL, 24, out), BH_EINVAL);
+}
+
+static void test_rfc_hello(void **state) {
+    /* RFC 6455 5.7: a single-frame masked text message "Hello" */
+    static const unsigned char hello[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d,
+                                          0x7f, 0x9f, 0x4d, 0x51, 0x58};
+    fx_t f;
+
+    fx_init(&f, 1024);
+    assert_int_equal(feed(&f, hello, sizeof(hello)), BH_OK);
+    assert_int_equal(f.count, 1);
+    assert_int_equal(f.binary[0], 0);
+    assert_int_equal(f.len[0], 5);
+    assert_memory_equal(f.data.data, "Hello", 5);
+    assert_out(&f, "", 0);
+    assert_false(bh_ws_finished(f.ws));
+    assert_int_equal(bh_ws_peer_close_code(f.ws), 0);
+    fx_free(&f);
+}
+
+static void test_fragmented_with_ping(void **state) {
+    static const unsigned char pong[] = {0x8a, 0x04, 'p', 'i', 'n', 'g'};
+    bh_buf_t in;
+    fx_t f;
+
+    bh_buf_init(&in, 0);
+    frame(&in, 0, 0x1, "Hel", 3);
+    frame(&in, FIN, 0x9, "ping", 4);
+    frame(&in, 0, 0x0, "l", 1);
+    frame(&in, FIN, 0x0, "o!", 2);
+    frame(&in, 0, 0x2, "\x00\x01", 2);
+    frame(&in, FIN, 0x0, "\xff", 1);
+    fx_init(&f, 1024);
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    assert_int_equal(f.count, 2);
+    assert_int_equal(f.binary[0], 0);
+    assert_int_equal(f.len[0], 6);
+    assert_int_equal(f.binary[1], 1);
+    assert_int_equal(f.len[1], 3);
+    assert_memory_equal(f.data.data, "Hello!\x00\x01\xff", 9);
+    assert_out(&f, pong, sizeof(pong));
+    fx_free(&f);
+    bh_buf_free(&in);
+}
+
+static void test_ping_pong_sizes(void **state) {
+    unsigned char payload[125], want[127];
+    bh_buf_t in;
+    fx_t f;
+
+    memset(payload, 'p', sizeof(payload));
+    want[0] = 0x8a;
+    want[1] = 125;
+    memset(want + 2, 'p', 125);
+    bh_buf_init(&in, 0);
+    frame(&in, FIN, 0x9, payload, 125);
+    frame(&in, FIN, 0x9, "", 0);
+    frame(&in, FIN, 0xa, "unsolicited", 11);
+    fx_init(&f, 1024);
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    flush(&f);
+    assert_int_equal(f.out.len, 127 + 2);
+    assert_memory_equal(f.out.data, want, 127);
+    assert_memory_equal(f.out.data + 127, "\x8a\x00", 2);
+    assert_int_equal(f.count, 0);
+    fx_free(&f);
+    bh_buf_free(&in);
+}
+
+static void test_unmasked_is_1002(void **state) {
+    static const unsigned char unmasked[] = {0x81, 0x05, 'H', 'e', 'l', 'l', 'o'};
+
+    expect_fail(unmasked, sizeof(unmasked), 1024, CLOSE_1002);
+}
+
+static void test_protocol_errors(void **state) {
+    static const struct {
+        const char *what;
+        unsigned char b[16];
+        size_t n;
+    } cases[] = {
+        {"ping with 7-bit length 126", {0x89, 0xfe, 0x00, 0x7e}, 4},
+        {"close with 7-bit length 127", {0x88, 0xff, 0, 0, 0, 0, 0, 0, 0, 200}, 10},
+        {"fragmented ping", {0x09, 0x80, 1, 2, 3, 4}, 6},
+        {"fragmented close", {0x08, 0x80, 1, 2, 3, 4}, 6},
+        {"non-minimal 16-bit length", {0x82, 0xfe, 0x00, 0x05, 1, 2, 3, 4, 0, 0, 0, 0, 0}, 13},
+        {"non-minimal 64-bit length", {0x82, 0xff, 0, 0, 0, 0, 0, 0, 0x01, 0x00, 1, 2, 3, 4}, 14},
+        {"64-bit length top bit", {0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4}, 14},
+        {"reserved opcode 3", {0x83, 0x80, 1, 2, 3, 4}, 6},
+        {"reserved control opcode 11", {0x8b, 0x80, 1, 2, 3, 4}, 6},
+        {"rsv1 without extension", {0xc1, 0x80, 1, 2, 3, 4}, 6},
+        {"rsv3", {0x91, 0x80, 1, 2, 3, 4}, 6},
+        {"continuation first", {0x80, 0x80, 1, 2, 3, 4}, 6},
+        {"text inside fragmented text", {0x01, 0x80, 1, 2, 3, 4, 0x81, 0x80, 1, 2, 3, 4}, 12},
+        {"close code 1005", {0x88, 0x82, 0, 0, 0, 0, 0x03, 0xed}, 8},
+        {"close code 999", {0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe7}, 8},
+        {"close code 2000", {0x88, 0x82, 0, 0, 0, 0, 0x07, 0xd0}, 8},
+        {"garbage 0xff", {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 8},
+        {"garbage zeros", {0, 0, 0, 0, 0, 0, 0, 0}, 8},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        print_message("  %s\n", cases[i].what);
+        expect_fail(cases[i].b, cases[i].n, 1 << 20, CLOSE_1002);
+    }
+}
+
+/* A bad header split over feeds still gets 1002, not wslay's code-less Close. */
+static void test_bad_header_split(void **state) {
+    static const unsigned char bad[] = {0x82, 0xfe, 0x00, 0x05, 1, 2, 3, 4, 'a', 'b'};
+    static const unsigned char big[] = {0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4};
+    size_t i;
+    fx_t f;
+
+    fx_init(&f, 1024);
+    for (i = 0; i < 3; i++)
+        assert_int_equal(feed(&f, bad + i, 1), BH_OK);
+    assert_int_equal(feed(&f, bad + 3, 1), BH_EPROTO);
+    assert_out(&f, CLOSE_1002, 4);
+    assert_true(bh_ws_finished(f.ws));
+    fx_free(&f);
+
+    fx_init(&f, 1024);
+    for (i = 0; i < 9; i++)
+        assert_int_equal(feed(&f, big + i, 1), BH_OK);
+    assert_int_equal(feed(&f, big + 9, 5), BH_EPROTO);
+    assert_out(&f, CLOSE_1002, 4);
+    fx_free(&f);
+}
+
+/* Frames before the bad one are still handled. The pong they asked for is dropped because a
+ * Close is queued before the next flush (wslay sends nothing but the Close then). */
+static void test_good_then_bad(void **state) {
+    static const unsigned char pong[] = {0x88, 0x02, 0x03, 0xea};
+    bh_buf_t in;
+    fx_t f;
+
+    bh_buf_init(&in, 0);
+    frame(&in, FIN, 0x1, "ok", 2);
+    frame(&in, FIN, 0x9, "p", 1);
+    assert_int_equal(bh_buf_append(&in, "\x89\xfe\x00\x7e", 4), BH_OK);
+    fx_init(&f, 1024);
+    assert_int_equal(feed(&f, in.data, in.len), BH_EPROTO);
+    assert_int_equal(f.count, 1);
+    assert_memory_equal(f.data.data, "ok", 2);
+    assert_out(&f, pong, sizeof(pong));
+    assert_true(bh_ws_finished(f.ws));
+    fx_free(&f);
+    bh_buf_free(&in);
+}
+
+static void test_invalid_utf8_is_1007(void **state) {
+    static const struct {
+        const char *s;
+        size_t n;
+    } bad[] = {
+        {"\xc3\x28", 2},         /* bad continuation */
+        {"\xc0\xaf", 2},         /* overlong '/' */
+        {"\xed\xa0\x80", 3},     /* surrogate */
+        {"\xf4\x90\x80\x80", 4}, /* above U+10FFFF */
+        {"ab\xe2\x82", 4},       /* truncated at the end */
+        {"\xff", 1},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        bh_buf_t in;
+        bh_buf_init(&in, 0);
+        frame(&in, FIN, 0x1, bad[i].s, bad[i].n);
+        expect_fail(in.data, in.len, 1024, CLOSE_1007);
+        bh_buf_free(&in);
+    }
+    {
+        /* a character split between fragments is fine; a bad one in a later fragment is not */
+        bh_buf_t in;
+        fx_t f;
+        bh_buf_init(&in, 0);
+        frame(&in, 0, 0x1, "caf\xc3", 4);
+        frame(&in, FIN, 0x0, "\xa9", 1);
+        fx_init(&f, 1024);
+        assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+        assert_int_equal(f.count, 1);
+        assert_memory_equal(f.data.data, "caf\xc3\xa9", 5);
+        fx_free(&f);
+        bh_buf_reset(&in);
+        frame(&in, 0, 0x1, "ok", 2);
+        frame(&in, FIN, 0x0, "\xc3\x28", 2);
+        expect_fail(in.data, in.len, 1024, CLOSE_1007);
+        /* invalid UTF-8 in a Close reason */
+        bh_buf_reset(&in);
+        frame(&in, FIN, 0x8, "\x03\xe8\xc3\x28", 4);
+        expect_fail(in.data, in.len, 1024, CLOSE_1007);
+        bh_buf_free(&in);
+    }
+    {
+        /* binary messages are not checked */
+        fx_t f;
+        bh_buf_t in;
+        bh_buf_init(&in, 0);
+        frame(&in, FIN, 0x2, "\xc3\x28", 2);
+        fx_init(&f, 1024);
+        assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+        assert_int_equal(f.count, 1);
+        assert_int_equal(f.binary[0], 1);
+        fx_free(&f);
+        bh_buf_free(&in);
+    }
+}
+
+static void test_oversize_is_1009(void **state) {
+    bh_buf_t in;
+    fx_t f;
+
+    bh_buf_init(&in, 0);
+    /* exactly max_msg is fine */
+    frame(&in, FIN, 0x1, "Hello", 5);
+    fx_init(&f, 5);
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    assert_int_equal(f.count, 1);
+    fx_free(&f);
+    /* one more is not, single frame or spread over fragments */
+    expect_fail(in.data, in.len, 4, CLOSE_1009);
+    bh_buf_reset(&in);
+    frame(&in, 0, 0x2, "abc", 3);
+    frame(&in, FIN, 0x0, "def", 3);
+    expect_fail(in.data, in.len, 5, CLOSE_1009);
+    /* the length alone decides, long before the payload is there (4 GiB announced) */
+    expect_fail("\x82\xff\x00\x00\x00\x01\x00\x00\x00\x00\x01\x02\x03\x04z", 15, 1 << 20,
+                CLOSE_1009);
+    bh_buf_free(&in);
+}
+
+static void test_peer_close(void **state) {
+    static const unsigned char echo[] = {0x88, 0x05, 0x03, 0xe8, 'b', 'y', 'e'};
+    bh_buf_t in;
+    fx_t f;
+
+    bh_buf_init(&in, 0);
+    close_frame(&in, 1000, "bye");
+    frame(&in, FIN, 0x1, "late", 4); /* after Close: ignored */
+    fx_init(&f, 1024);
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    assert_int_equal(bh_ws_peer_close_code(f.ws), 1000);
+    assert_false(bh_ws_finished(f.ws)); /* our Close is not out yet */
+    assert_out(&f, echo, sizeof(echo));
+    assert_true(bh_ws_finished(f.ws));
+    assert_int_equal(f.count, 0);
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    assert_int_equal(f.count, 0);
+    assert_int_equal(bh_ws_send(f.ws, 0, "x", 1), BH_ECLOSED);
+    assert_int_equal(bh_ws_close(f.ws, 1000, NULL), BH_ECLOSED);
+    assert_out(&f, "", 0);
+    fx_free(&f);
+
+    /* a Close without a code is echoed empty and reported as 1005 */
+    bh_buf_reset(&in);
+    frame(&in, FIN, 0x8, "", 0);
+    fx_init(&f, 1024);
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    assert_int_equal(bh_ws_peer_close_code(f.ws), 1005);
+    assert_out(&f, "\x88\x00", 2);
+    assert_true(bh_ws_finished(f.ws));
+    fx_free(&f);
+    bh_buf_free(&in);
+}
+
+static void test_server_close(void **state) {
+    static const unsigned char ours[] = {0x88, 0x0c, 0x03, 0xe9, 'g', 'o', 'i',
+                                         'n',  'g',  ' ',  'a',  'w', 'a', 'y'};
+    bh_buf_t in;
+    fx_t f;
+
+    bh_buf_init(&in, 0);
+    fx_init(&f, 1024);
+    assert_int_equal(bh_ws_close(f.ws, 1001, "going away"), BH_OK);
+    assert_int_equal(bh_ws_close(f.ws, 1000, NULL), BH_ECLOSED);
+    assert_int_equal(bh_ws_send(f.ws, 0, "x", 1), BH_ECLOSED);
+    assert_out(&f, ours, sizeof(ours));
+    assert_false(bh_ws_finished(f.ws));
+    /* data the peer sent before seeing our Close is dropped; its pings are not answered */
+    frame(&in, FIN, 0x1, "in flight", 9);
+    frame(&in, FIN, 0x9, "p", 1);
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    assert_int_equal(f.count, 0);
+    assert_false(bh_ws_finished(f.ws));
+    bh_buf_reset(&in);
+    close_frame(&in, 1001, "");
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    assert_int_equal(bh_ws_peer_close_code(f.ws), 1001);
+    assert_true(bh_ws_finished(f.ws));
+    assert_out(&f, "", 0);
+    fx_free(&f);
+
+    /* the peer's Close arrives before ours was flushed: ours goes out once, then finished */
+    fx_init(&f, 1024);
+    assert_int_equal(bh_ws_close(f.ws, 1000, ""), BH_OK);
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    assert_false(bh_ws_finished(f.ws));
+    assert_out(&f, "\x88\x02\x03\xe8", 4);
+    assert_true(bh_ws_finished(f.ws));
+    fx_free(&f);
+    bh_buf_free(&in);
+}
+
+static void test_close_arguments(void **state) {
+    char reason[125];
+    unsigned char want[127];
+    fx_t f;
+
+    fx_init(&f, 1024);
+    memset(reason, 'r', sizeof(reason));
+    reason[124] = '\0';
+    assert_int_equal(bh_ws_close(f.ws, 1000, reason), BH_EINVAL); /* 124 bytes */
+    assert_int_equal(bh_ws_close(f.ws, 1000, "\xc3\x28"), BH_EINVAL);
+    assert_int_equal(bh_ws_close(f.ws, 0, NULL), BH_EINVAL);
+    assert_int_equal(bh_ws_close(f.ws, 999, NULL), BH_EINVAL);
+    assert_int_equal(bh_ws_close(f.ws, 1005, NULL), BH_EINVAL);
+    assert_int_equal(bh_ws_close(f.ws, 1006, NULL), BH_EINVAL);
+    assert_int_equal(bh_ws_close(f.ws, 5000, NULL), BH_EINVAL);
+    reason[123] = '\0';
+    assert_int_equal(bh_ws_close(f.ws, 4000, reason), BH_OK);
+    want[0] = 0x88;
+    want[1] = 125;
+    want[2] = 0x0f;
+    want[3] = 0xa0;
+    memset(want + 4, 'r', 123);
+    assert_out(&f, want, sizeof(want));
+    fx_free(&f);
+}
+
+/* The same stream fed whole, one byte at a time, and in uneven chunks gives the same result.
+ * The peer's Close comes after a flush: a Close queued with pongs still pending would drop
+ * them, which would make the output depend on when flushes happen. */
+static void run_stream(const bh_buf_t *in, size_t chunk, bh_buf_t *msgs, bh_buf_t *out,
+                       int *count) {
+    bh_buf_t cl;
+    fx_t f;
+    size_t off = 0, step = 0;
+
+    fx_init(&f, 100000);
+    while (off < in->len) {
+        size_t n = chunk ? chunk : 1 + (step * 7919) % 23;
+        if (n > in->len - off)
+            n = in->len - off;
+        assert_int_equal(feed(&f, in->data + off, n), BH_OK);
+        if (step % 5 == 0)
+            flush(&f);
+        off += n;
+        step++;
+    }
+    flush(&f);
+    bh_buf_init(&cl, 0);
+    close_frame(&cl, 1000, "done");
+    for (off = 0; off < cl.len; off++)
+        assert_int_equal(feed(&f, cl.data + off, 1), BH_OK);
+    bh_buf_free(&cl);
+    flush(&f);
+    *count = f.count;
+    assert_int_equal(bh_buf_append(msgs, f.data.data, f.data.len), BH_OK);
+    assert_int_equal(bh_buf_append(out, f.out.data, f.out.len), BH_OK);
+    assert_true(bh_ws_finished(f.ws));
+    assert_int_equal(bh_ws_peer_close_code(f.ws), 1000);
+    fx_free(&f);
+}
+
+static void test_byte_at_a_time(void **state) {
+    static const unsigned char hello[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d,
+                                          0x7f, 0x9f, 0x4d, 0x51, 0x58};
+    static const size_t chunks[] = {1, 2, 3, 13, 14, 15, 4096, 0};
+    bh_buf_t in, msgs0, out0;
+    char *big = malloc(70000);
+    int count0;
+    size_t i;
+
+    assert_non_null(big);
+    for (i = 0; i < 70000; i++)
+        big[i] = (char)('a' + i % 26);
+    bh_buf_init(&in, 0);
+    bh_buf_init(&msgs0, 0);
+    bh_buf_init(&out0, 0);
+    assert_int_equal(bh_buf_append(&in, hello, sizeof(hello)), BH_OK);
+    frame(&in, 0, 0x1, "Hel", 3);
+    frame(&in, FIN, 0x9, "ping", 4);
+    frame(&in, FIN, 0x0, "lo", 2);
+    frame(&in, FIN, 0x2, big, 300);   /* 16-bit length */
+    frame(&in, FIN, 0x1, big, 70000); /* 64-bit length */
+    frame(&in, FIN, 0x1, "", 0);
+    frame(&in, FIN, 0x9, "", 0);
+
+    run_stream(&in, in.len, &msgs0, &out0, &count0);
+    assert_int_equal(count0, 5);
+    assert_int_equal(msgs0.len, 5 + 5 + 300 + 70000);
+    assert_memory_equal(msgs0.data, "HelloHello", 10);
+    assert_memory_equal(msgs0.data + 10, big, 300);
+    assert_memory_equal(msgs0.data + 310, big, 70000);
+    assert_int_equal(out0.len, 6 + 2 + 8);
+    assert_memory_equal(out0.data,
+                        "\x8a\x04ping\x8a\x00\x88\x06\x03\xe8"
+                        "done",
+                        16);
+
+    for (i = 0; i < sizeof(chunks) / sizeof(chunks[0]); i++) {
+        bh_buf_t msgs, out;
+        int count;
+        bh_buf_init(&msgs, 0);
+        bh_buf_init(&out, 0);
+        run_stream(&in, chunks[i], &msgs, &out, &count);
+        assert_int_equal(count, count0);
+        assert_int_equal(msgs.len, msgs0.len);
+        assert_memory_equal(msgs.data, msgs0.data, msgs.len);
+        assert_int_equal(out.len, out0.len);
+        assert_memory_equal(out.data, out0.data, out.len);
+        bh_buf_free(&msgs);
+        bh_buf_free(&out);
+    }
+    free(big);
+    bh_buf_free(&in);
+    bh_buf_free(&msgs0);
+    bh_buf_free(&out0);
+}
+
+/* Walk the unmasked server frames in out; returns the code of a final Close, -1 if the last
+ * frame is not a Close with a code. */
+static int last_close_code(const bh_buf_t *out) {
+    const unsigned char *p = (const unsigned char *)out->data;
+    size_t off = 0;
+    int code = -1;
+
+    while (off + 2 <= out->len) {
+        size_t len = p[off + 1] & 0x7f, hl = 2;
+        assert_int_equal(p[off + 1] & 0x80, 0);
+        assert_true(len < 126); /* only control frames are expected here */
+        assert_true(off + hl + len <= out->len);
+        code = -1;
+        if ((p[off] & 0x0f) == 0x8 && len >= 2)
+            code = p[off + 2] << 8 | p[off + 3];
+        off += hl + len;
+    }
+    assert_int_equal(off, out->len);
+    return code;
+}
+
+static void test_garbage_no_crash(void **state) {
+    uint32_t seed = 42;
+    int round;
+
+    for (round = 0; round < 3000; round++) {
+        unsigned char buf[96];
+        size_t n = 1 + (size_t)round % sizeof(buf), off = 0, i;
+        int r = BH_OK;
+        fx_t f;
+
+        for (i = 0; i < n; i++) {
+            seed = seed * 1103515245u + 12345u;
+            buf[i] = (unsigned char)(seed >> 16);
+            /* every other round: set the mask bit where a header may be, to get deeper */
+            if (round % 2 && i % 7 == 1)
+                buf[i] |= 0x80;
+        }
+        fx_init(&f, 64);
+        while (off < n && r == BH_OK) {
+            size_t k = 1 + (size_t)(seed >> 8) % 9;
+            seed = seed * 1103515245u + 12345u;
+            if (k > n - off)
+                k = n - off;
+            r = feed(&f, buf + off, k);
+            off += k;
+        }
+        assert_true(r == BH_OK || r == BH_EPROTO);
+        assert_int_equal(bh_ws_flush(f.ws, &f.out), BH_OK);
+        if (r == BH_EPROTO) {
+            int code = last_close_code(&f.out);
+            assert_true(code == 1002 || code == 1007 || code == 1009);
+            assert_true(bh_ws_finished(f.ws));
+        }
+        fx_free(&f);
+    }
+}
+
+static void test_echo_from_callback(void **state) {
+    bh_buf_t in;
+    fx_t f;
+
+    bh_buf_init(&in, 0);
+    frame(&in, FIN, 0x1, "one", 3);
+    frame(&in, FIN, 0x2, "\x00\x02", 2);
+    fx_init(&f, 1024);
+    f.echo = 1;
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    assert_out(&f, "\x81\x03one\x82\x02\x00\x02", 9);
+    fx_free(&f);
+    bh_buf_free(&in);
+}
+
+static void check_send(int binary, size_t len, const unsigned char *hdr, size_t hlen) {
+    char *payload = malloc(len ? len : 1);
+    fx_t f;
+
+    assert_non_null(payload);
+    memset(payload, 'z', len);
+    fx_init(&f, 1024);
+    assert_int_equal(bh_ws_send(f.ws, binary, payload, len), BH_OK);
+    flush(&f);
+    assert_int_equal(f.out.len, hlen + len);
+    assert_memory_equal(f.out.data, hdr, hlen);
+    assert_memory_equal(f.out.data + hlen, payload, len);
+    fx_free(&f);
+    free(payload);
+}
+
+static void test_send_frames(void **state) {
+    fx_t f;
+
+    check_send(0, 0, (const unsigned char *)"\x81\x00", 2);
+    check_send(0, 5, (const unsigned char *)"\x81\x05", 2);
+    check_send(0, 125, (const unsigned char *)"\x81\x7d", 2);
+    check_send(0, 126, (const unsigned char *)"\x81\x7e\x00\x7e", 4);
+    check_send(1, 200, (const unsigned char *)"\x82\x7e\x00\xc8", 4);
+    check_send(0, 65535, (const unsigned char *)"\x81\x7e\xff\xff", 4);
+    check_send(0, 65536, (const unsigned char *)"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00", 10);
+    check_send(1, 70000, (const unsigned char *)"\x82\x7f\x00\x00\x00\x00\x00\x01\x11\x70", 10);
+
+    fx_init(&f, 1024);
+    assert_int_equal(bh_ws_send(f.ws, 0, "Hello", 5), BH_OK);
+    assert_int_equal(bh_ws_send(f.ws, 1, "\xff", 1), BH_OK);
+    assert_int_equal(bh_ws_send(f.ws, 0, "\xff", 1), BH_EINVAL);
+    assert_int_equal(bh_ws_send(f.ws, 0, "\xc3", 1), BH_EINVAL);
+    assert_int_equal(bh_ws_send(f.ws, 0, NULL, 1), BH_EINVAL);
+    assert_int_equal(bh_ws_send(f.ws, 0, NULL, 0), BH_OK);
+    assert_out(&f, "\x81\x05Hello\x82\x01\xff\x81\x00", 12);
+    fx_free(&f);
+}
+
+/* A capped output buffer takes what fits; the rest follows on the next flush. */
+static void test_flush_cap(void **state) {
+    char payload[200];
+    bh_buf_t small, rest;
+    fx_t f;
+
+    memset(payload, 'q', sizeof(payload));
+    bh_buf_init(&small, 100);
+    bh_buf_init(&rest, 0);
+    fx_init(&f, 1024);
+    assert_int_equal(bh_ws_send(f.ws, 0, payload, sizeof(payload)), BH_OK);
+    assert_int_equal(bh_ws_send(f.ws, 0, "tail", 4), BH_OK);
+    assert_int_equal(bh_ws_flush(f.ws, &small), BH_ETOOBIG);
+    assert_int_equal(small.len, 100);
+    assert_int_equal(bh_ws_flush(f.ws, &small), BH_ETOOBIG);
+    assert_int_equal(small.len, 100);
+    assert_int_equal(bh_ws_flush(f.ws, &rest), BH_OK);
+    assert_int_equal(rest.len, 4 + 200 + 6 - 100);
+    assert_memory_equal(small.data, "\x81\x7e\x00\xc8", 4);
+    assert_memory_equal(rest.data + rest.len - 6, "\x81\x04tail", 6);
+    fx_free(&f);
+    bh_buf_free(&small);
+    bh_buf_free(&rest);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_accept_key),           cmocka_unit_test(test_rfc_hello),
+        cmocka_unit_test(test_fragmented_with_ping), cmocka_unit_test(test_ping_pong_sizes),
+        cmocka_unit_test(test_unmasked_is_1002),     cmocka_unit_test(test_protocol_errors),
+        cmocka_unit_test(test_bad_header_split),     cmocka_unit_test(test_good_then_bad),
+        cmocka_unit_test(test_invalid_utf8_is_1007), cmocka_unit_test(test_oversize_is_1009),
+        cmocka_unit_test(test_peer_close),           cmocka_unit_test(test_server_close),
+        cmocka_unit_test(test_close_arguments),      cmocka_unit_test(test_byte_at_a_time),
+        cmocka_unit_test(test_garbage_no_crash),     cmocka_unit_test(test_echo_from_callback),
+        cmocka_unit_test(test_send_frames),          cmocka_unit_test(test_flush_cap),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
