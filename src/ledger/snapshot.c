@@ -1,0 +1,123 @@
+/* Immutable, reference-counted balance snapshots. The `data` JSON is formatted once when the
+ * snapshot is built, so every reader afterwards only copies bytes. */
+#include "snapshot.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../base/buf.h"
+#include "../base/error.h"
+#include "../base/json.h"
+
+/* Appenders with a sticky error: after the first failure the rest do nothing. */
+static void put_s(bh_buf_t *b, const char *s, int *rc) {
+    if (*rc == BH_OK)
+        *rc = bh_buf_appends(b, s);
+}
+
+static void put_str(bh_buf_t *b, const char *s, int *rc) {
+    if (*rc == BH_OK)
+        *rc = bh_json_write_str(b, s, strlen(s));
+}
+
+static void put_dec(bh_buf_t *b, const char *name, bh_dec_t d, int *rc) {
+    char num[BH_DEC_STRLEN];
+    size_t n = bh_dec_format(d, num);
+    put_s(b, name, rc);
+    if (*rc == BH_OK)
+        *rc = bh_buf_append(b, num, n);
+}
+
+static int format_json(const bh_snapshot_t *s, bh_buf_t *b) {
+    char seq[24];
+    int rc = BH_OK;
+
+    snprintf(seq, sizeof(seq), "%" PRIu64, s->sequence);
+    put_s(b, "{\"userId\":", &rc);
+    put_str(b, s->user_id, &rc);
+    put_s(b, ",\"sequence\":", &rc);
+    put_s(b, seq, &rc);
+    put_s(b, ",\"assets\":[", &rc);
+    for (size_t i = 0; i < s->nassets; i++) {
+        const bh_asset_t *a = &s->assets[i];
+        put_s(b, i > 0 ? ",{\"name\":" : "{\"name\":", &rc);
+        put_str(b, a->name, &rc);
+        put_dec(b, ",\"available\":", a->available, &rc);
+        put_dec(b, ",\"allocated\":", a->allocated, &rc);
+        put_dec(b, ",\"currentExposure\":", a->current_exposure, &rc);
+        put_dec(b, ",\"maxExposure\":", a->max_exposure, &rc);
+        put_s(b, "}", &rc);
+    }
+    put_s(b, "],\"baseCurrency\":", &rc);
+    put_str(b, s->base_currency, &rc);
+    put_dec(b, ",\"totalCurrentExposure\":", s->total_current_exposure, &rc);
+    put_dec(b, ",\"totalMaxExposure\":", s->total_max_exposure, &rc);
+    put_s(b, s->deleted ? ",\"deleted\":true}" : ",\"deleted\":false}", &rc);
+    return rc;
+}
+
+static void snapshot_free(bh_snapshot_t *s) {
+    free(s->assets);
+    free(s->json);
+    free(s);
+}
+
+int bh_snapshot_new(const char *user_id, uint64_t sequence, const char *base_currency,
+                    bh_dec_t total_current_exposure, bh_dec_t total_max_exposure, bool deleted,
+                    const bh_asset_t *assets, size_t n, bh_snapshot_t **out) {
+    bh_snapshot_t *s;
+    bh_buf_t b;
+    int rc = BH_ENOMEM;
+
+    *out = NULL;
+    bh_buf_init(&b, 0);
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return BH_ENOMEM;
+    atomic_init(&s->refs, 1);
+    snprintf(s->user_id, sizeof(s->user_id), "%s", user_id);
+    snprintf(s->base_currency, sizeof(s->base_currency), "%s", base_currency);
+    s->sequence = sequence;
+    s->total_current_exposure = total_current_exposure;
+    s->total_max_exposure = total_max_exposure;
+    s->deleted = deleted;
+    if (n > 0) {
+        s->assets = malloc(n * sizeof(*s->assets));
+        if (s->assets == NULL)
+            goto fail;
+        memcpy(s->assets, assets, n * sizeof(*s->assets));
+    }
+    s->nassets = n;
+    if ((rc = format_json(s, &b)) != BH_OK)
+        goto fail;
+    /* A private copy: the snapshot owns plain malloc'd bytes whatever bh_buf_t does. */
+    rc = BH_ENOMEM;
+    s->json = malloc(b.len + 1);
+    if (s->json == NULL)
+        goto fail;
+    memcpy(s->json, b.data, b.len);
+    s->json[b.len] = '\0';
+    s->json_len = b.len;
+    bh_buf_free(&b);
+    *out = s;
+    return BH_OK;
+fail:
+    bh_buf_free(&b);
+    snapshot_free(s);
+    return rc;
+}
+
+bh_snapshot_t *bh_snapshot_acquire(const bh_snapshot_t *s) {
+    bh_snapshot_t *m = (bh_snapshot_t *)s;
+    if (m != NULL)
+        atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+    return m;
+}
+
+void bh_snapshot_release(bh_snapshot_t *s) {
+    /* acq_rel: the last releaser must see every write made through other references. */
+    if (s != NULL && atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1)
+        snapshot_free(s);
+}
