@@ -22,9 +22,9 @@ typedef enum {
 typedef struct bh_json bh_json_t;
 struct bh_json {
     bh_json_type_t type;
-    const char *str;  /* STRING: decoded UTF-8, NUL-terminated; NUMBER: source text (NUL-term.) */
-    size_t len;       /* byte length of str */
-    const char *key;  /* member name (decoded, NUL-terminated) when inside an object, else NULL */
+    const char *str; /* STRING: decoded UTF-8, NUL-terminated; NUMBER: source text (NUL-term.) */
+    size_t len;      /* byte length of str */
+    const char *key; /* member name (decoded, NUL-terminated) when inside an object, else NULL */
     size_t key_len;
     bh_json_t *child; /* ARRAY/OBJECT: first element or member */
     bh_json_t *next;  /* next sibling */

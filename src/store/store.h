@@ -36,9 +36,9 @@ typedef struct {
     char user_id[BH_ID_MAX + 1];
     uint64_t sequence;
     char op_id[BH_ID_MAX + 1];
-    char op[24];         /* "create-user", "deposit", ... */
-    const char *detail;  /* JSON object text with the operation's arguments */
-    int64_t time_ms;     /* Unix time in milliseconds */
+    char op[24];        /* "create-user", "deposit", ... */
+    const char *detail; /* JSON object text with the operation's arguments */
+    int64_t time_ms;    /* Unix time in milliseconds */
 } bh_store_journal_t;
 
 typedef struct {
