@@ -6,6 +6,8 @@
 #include "../ledger/ledger.h"
 #include "../store/store.h"
 
+#include <uv.h>
+
 /* Exit codes of the command-line contract (SPEC 9). */
 enum { BH_EXIT_OK = 0, BH_EXIT_RUNTIME = 1, BH_EXIT_USAGE = 2 };
 
@@ -15,14 +17,22 @@ typedef struct {
     const char *store_url; /* NULL: sqlite in data_dir/balancehub.db */
 } bh_cli_store_opts_t;
 
-/* The opened state: store, ledger (users, balances) and keyring (API keys). */
+/* The opened state: two handles on one store (the ledger's commit thread owns writer; reader
+ * serves the loop thread: keys, journal reads, op-id lookups), the ledger (users, balances;
+ * its results are delivered on the caller's loop) and the keyring (API keys). */
 typedef struct {
-    bh_store_t *store;
+    bh_store_t *writer;
+    bh_store_t *reader;
     bh_ledger_t *ledger;
     bh_keyring_t *keyring;
 } bh_cli_state_t;
 
-int bh_cli_open(const bh_cli_store_opts_t *o, bh_cli_state_t *st);
+/* Open everything on loop (borrowed); on failure one line is printed and nothing stays open
+ * (run the loop once more to finish closing the ledger's handles). */
+int bh_cli_open(const bh_cli_store_opts_t *o, uv_loop_t *loop, bh_cli_state_t *st);
+/* Close the ledger if still open (committing what is pending, delivering its last callbacks),
+ * the keyring and the stores. The caller then runs the loop so the ledger's handles finish
+ * closing, and closes the loop. */
 void bh_cli_close(bh_cli_state_t *st);
 /* Print "balancehub: MSG" to stderr (one line). */
 void bh_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -29,8 +29,10 @@ static int load_key(void *ud, const bh_store_key_t *k) {
     return bh_keyring_put(ud, k);
 }
 
-int bh_cli_open(const bh_cli_store_opts_t *o, bh_cli_state_t *st) {
+int bh_cli_open(const bh_cli_store_opts_t *o, uv_loop_t *loop, bh_cli_state_t *st) {
     char url[4096], err[256] = "";
+    int r;
+
     memset(st, 0, sizeof *st);
     if (!o->store_url) {
         if (mkdir(o->data_dir, 0700) < 0 && errno != EEXIST) {
@@ -42,19 +44,22 @@ int bh_cli_open(const bh_cli_store_opts_t *o, bh_cli_state_t *st) {
     } else {
         snprintf(url, sizeof url, "%s", o->store_url);
     }
-    int r = bh_store_open(url, &st->store, err, sizeof err);
+    /* The writer first: it creates the file and schema the reader then opens. */
+    r = bh_store_open(url, &st->writer, err, sizeof err);
+    if (r == 0)
+        r = bh_store_open(url, &st->reader, err, sizeof err);
     if (r < 0) {
         bh_cli_error("cannot open store: %s", err[0] ? err : bh_strerror(r));
-        return r;
+        goto fail;
     }
-    r = bh_ledger_open(st->store, &st->ledger);
+    r = bh_ledger_open(loop, st->writer, st->reader, &st->ledger);
     if (r < 0) {
         bh_cli_error("cannot load the ledger: %s", bh_strerror(r));
         goto fail;
     }
     st->keyring = bh_keyring_new();
     bh_store_visitor_t v = {.ud = st->keyring, .key = load_key};
-    r = st->keyring ? bh_store_load(st->store, &v) : BH_ENOMEM;
+    r = st->keyring ? bh_store_load(st->reader, &v) : BH_ENOMEM;
     if (r < 0) {
         bh_cli_error("cannot load API keys: %s", bh_strerror(r));
         goto fail;
@@ -66,12 +71,16 @@ fail:
 }
 
 void bh_cli_close(bh_cli_state_t *st) {
-    if (st->keyring)
-        bh_keyring_free(st->keyring);
+    /* The ledger frees itself once the caller's loop has closed its handles; it no longer
+     * touches the stores after bh_ledger_close returns. */
     if (st->ledger)
         bh_ledger_close(st->ledger);
-    if (st->store)
-        bh_store_close(st->store);
+    if (st->keyring)
+        bh_keyring_free(st->keyring);
+    if (st->reader)
+        bh_store_close(st->reader);
+    if (st->writer)
+        bh_store_close(st->writer);
     memset(st, 0, sizeof *st);
 }
 

@@ -13,6 +13,7 @@
 
 #include "../base/error.h"
 #include "../base/log.h"
+#include "../admin/admin.h"
 #include "../http/server.h"
 #include "../hub/hub.h"
 #include "../signalr/signalr.h"
@@ -29,6 +30,7 @@ typedef struct {
     bh_httpd_t *httpd;
     bh_sr_server_t *sr;
     bh_hub_t *hub;
+    bh_admin_t *admin;
     int stopping;
 } server_t;
 
@@ -41,6 +43,8 @@ static const char serve_usage[] =
     "  --store URL              store: sqlite:PATH (default sqlite:DIR/balancehub.db)\n"
     "  --demo                   create the demo user user-123 and its API key if absent;\n"
     "                           the key is written to DIR/demo-api-key and printed\n"
+    "  --admin-token-file F     enable the admin API under /admin/ with the token in F\n"
+    "                           (or env BALANCEHUB_ADMIN_TOKEN); disabled without one\n"
     "  --hub-path PATH          hub path (default /ExecutionLiveServer/v1)\n"
     "  --keepalive-ms N         server ping interval (default 15000)\n"
     "  --client-timeout-ms N    close connections silent this long (default 30000)\n"
@@ -61,11 +65,16 @@ static void on_http(void *ud, bh_http_conn_t *hc, const bh_http_request_t *req, 
     }
     if (bh_sr_handle_http(srv->sr, hc, req, body, len))
         return;
+    if (bh_admin_handle_http(srv->admin, hc, req, body, len))
+        return;
     bh_http_respond_error(hc, 404, "not found");
 }
 
 static void on_grace(uv_timer_t *t) {
     server_t *srv = t->data;
+    /* Commit and answer what is pending while the connections are still open. */
+    bh_ledger_close(srv->st.ledger);
+    srv->st.ledger = NULL;
     bh_httpd_close_all(srv->httpd);
     uv_close((uv_handle_t *)&srv->grace, NULL);
 }
@@ -93,39 +102,63 @@ static int parse_u64(const char *s, uint64_t *out) {
     return BH_OK;
 }
 
-static int demo_op(bh_ledger_t *l, bh_op_kind_t kind, const char *op_id, const char *asset,
-                   const char *amount) {
-    bh_op_t op = {.kind = kind};
+/* Completion counter for the demo set-up, which runs before the server listens. */
+typedef struct {
+    int pending;
+    int failed;
+} demo_t;
+
+static void demo_done(void *ud, const bh_op_result_t *res) {
+    demo_t *d = ud;
+    d->pending--;
+    if (res->status != BH_OK && !d->failed) {
+        d->failed = res->status;
+        bh_cli_error("demo set-up: %s", res->reason ? res->reason : bh_strerror(res->status));
+    }
+}
+
+static void demo_submit(bh_ledger_t *l, demo_t *d, bh_op_kind_t kind, const char *op_id,
+                        const char *asset, const char *amount) {
+    bh_op_t op = {.kind = kind, .nlegs = asset ? 1 : 0};
+    snprintf(op.user_id, sizeof op.user_id, "%s", DEMO_USER);
     snprintf(op.op_id, sizeof op.op_id, "%s", op_id);
-    snprintf(op.asset, sizeof op.asset, "%s", asset);
-    int r = bh_dec_parse(amount, strlen(amount), &op.amount);
-    if (r == 0)
-        r = bh_ledger_apply(l, DEMO_USER, &op, NULL);
-    return r == BH_EEXIST ? BH_OK : r;
+    if (kind == BH_OP_CREATE_USER) {
+        snprintf(op.base_currency, sizeof op.base_currency, "EUR");
+        op.has_total = true;
+        op.total_max_exposure = bh_dec_from_int(1500);
+    } else {
+        snprintf(op.legs[0].asset, sizeof op.legs[0].asset, "%s", asset);
+        bh_dec_parse(amount, strlen(amount), &op.legs[0].amount);
+    }
+    if (bh_ledger_submit(l, &op, demo_done, d) == BH_OK)
+        d->pending++;
+    else
+        d->failed = BH_ENOMEM;
 }
 
 /* The seed's example account: BTC 0.5, ETH 5, USDT 1000 available + 250 allocated, each asset
- * maxExposure 1500, base EUR, totalMaxExposure 1500. */
-static int demo_user(bh_ledger_t *l) {
+ * maxExposure 1500, base EUR, totalMaxExposure 1500. Runs the loop until it is durable. */
+static int demo_user(uv_loop_t *loop, bh_ledger_t *l) {
     bh_snapshot_t *s = bh_ledger_snapshot(l, DEMO_USER);
     if (s) {
         bh_snapshot_release(s);
         return BH_OK;
     }
-    int r = bh_ledger_create_user(l, DEMO_USER, "EUR", bh_dec_from_int(1500));
+    demo_t d = {0};
     static const char *assets[] = {"BTC", "ETH", "USDT"};
     static const char *deposits[] = {"0.5", "5", "1250"};
-    for (int i = 0; r == 0 && i < 3; i++) {
+    demo_submit(l, &d, BH_OP_CREATE_USER, "demo-create", NULL, NULL);
+    for (int i = 0; i < 3; i++) {
         char id[32];
         snprintf(id, sizeof id, "demo-deposit-%s", assets[i]);
-        r = demo_op(l, BH_OP_DEPOSIT, id, assets[i], deposits[i]);
+        demo_submit(l, &d, BH_OP_DEPOSIT, id, assets[i], deposits[i]);
         snprintf(id, sizeof id, "demo-limit-%s", assets[i]);
-        if (r == 0)
-            r = demo_op(l, BH_OP_SET_LIMIT, id, assets[i], "1500");
+        demo_submit(l, &d, BH_OP_SET_LIMITS, id, assets[i], "1500");
     }
-    if (r == 0)
-        r = demo_op(l, BH_OP_ALLOCATE, "demo-allocate-USDT", "USDT", "250");
-    return r;
+    demo_submit(l, &d, BH_OP_ALLOCATE, "demo-allocate-USDT", "USDT", "250");
+    while (d.pending > 0)
+        uv_run(loop, UV_RUN_ONCE);
+    return d.failed;
 }
 
 /* Read the demo key from DIR/demo-api-key, or create one and write it there (mode 0600). */
@@ -141,7 +174,7 @@ static int demo_key(server_t *srv, const char *dir, char key[BH_API_KEY_LEN + 1]
             strcmp(user, DEMO_USER) == 0)
             return BH_OK;
     }
-    int r = bh_auth_create_key(srv->st.store, srv->st.keyring, DEMO_USER, key, kid);
+    int r = bh_auth_create_key(srv->st.reader, srv->st.keyring, DEMO_USER, key, kid);
     if (r < 0)
         return r;
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -156,6 +189,39 @@ static int demo_key(server_t *srv, const char *dir, char key[BH_API_KEY_LEN + 1]
     return BH_OK;
 }
 
+static void on_key_revoked(void *ud, const char *user_id, const char *key_id) {
+    bh_hub_close_key(ud, user_id, key_id);
+}
+
+/* The admin token from file (or BALANCEHUB_ADMIN_TOKEN): one line, at least 16 characters. */
+static int read_token(const char *file, char *out, size_t cap) {
+    const char *env = getenv("BALANCEHUB_ADMIN_TOKEN");
+    size_t n = 0;
+    if (file) {
+        FILE *f = fopen(file, "r");
+        if (!f) {
+            bh_cli_error("cannot read --admin-token-file %s: %s", file, strerror(errno));
+            return BH_EIO;
+        }
+        n = fread(out, 1, cap - 1, f);
+        fclose(f);
+    } else if (env && *env) {
+        n = strlen(env) < cap - 1 ? strlen(env) : cap - 1;
+        memcpy(out, env, n);
+    } else {
+        return BH_OK;
+    }
+    out[n] = 0;
+    while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == '\r' || out[n - 1] == ' '))
+        out[--n] = 0;
+    if (n < 16 || strpbrk(out, "\r\n")) {
+        bh_cli_error("the admin token must be one line of at least 16 characters");
+        OPENSSL_cleanse(out, cap);
+        return BH_EINVAL;
+    }
+    return BH_OK;
+}
+
 int bh_cli_serve(int argc, char **argv) {
     static const struct option opts[] = {
         {"listen", required_argument, 0, 'l'},
@@ -167,6 +233,7 @@ int bh_cli_serve(int argc, char **argv) {
         {"client-timeout-ms", required_argument, 0, 't'},
         {"handshake-timeout-ms", required_argument, 0, 'H'},
         {"max-message", required_argument, 0, 'm'},
+        {"admin-token-file", required_argument, 0, 'A'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -179,6 +246,7 @@ int bh_cli_serve(int argc, char **argv) {
         .handshake_timeout_ms = 15000,
         .max_message = 32768,
     };
+    const char *token_file = NULL;
     int demo = 0, c;
     uint64_t v;
     if (!listen || !*listen)
@@ -197,6 +265,9 @@ int bh_cli_serve(int argc, char **argv) {
             break;
         case 'D':
             demo = 1;
+            break;
+        case 'A':
+            token_file = optarg;
             break;
         case 'p':
             sc.hub_path = optarg;
@@ -242,12 +313,14 @@ int bh_cli_serve(int argc, char **argv) {
     server_t srv;
     memset(&srv, 0, sizeof srv);
     int rc = BH_EXIT_RUNTIME, r, port = 0;
-    char key[BH_API_KEY_LEN + 1] = "", err[256] = "";
+    char key[BH_API_KEY_LEN + 1] = "", err[256] = "", token[256] = "";
+    if (read_token(token_file, token, sizeof token) < 0)
+        return BH_EXIT_USAGE;
     uv_loop_init(&srv.loop);
-    if (bh_cli_open(&so, &srv.st) < 0)
+    if (bh_cli_open(&so, &srv.loop, &srv.st) < 0)
         goto done;
     if (demo) {
-        r = demo_user(srv.st.ledger);
+        r = demo_user(&srv.loop, srv.st.ledger);
         if (r == 0)
             r = demo_key(&srv, so.data_dir, key);
         if (r < 0) {
@@ -262,6 +335,20 @@ int bh_cli_serve(int argc, char **argv) {
         bh_cli_error("cannot start the SignalR server: out of memory");
         goto done;
     }
+    bh_ledger_set_listener(srv.st.ledger, bh_hub_on_change, srv.hub);
+    bh_admin_config_t ac = {
+        .ledger = srv.st.ledger,
+        .store = srv.st.reader,
+        .keyring = srv.st.keyring,
+        .token = token[0] ? token : NULL,
+        .on_key_revoked = on_key_revoked,
+        .ud = srv.hub,
+    };
+    if (bh_admin_new(&ac, &srv.admin) < 0) {
+        bh_cli_error("cannot start the admin API: out of memory");
+        goto done;
+    }
+    OPENSSL_cleanse(token, sizeof token);
     bh_httpd_config_t hc = {
         .max_head = 16384,
         .max_body = 65536,
@@ -296,16 +383,18 @@ int bh_cli_serve(int argc, char **argv) {
     uv_run(&srv.loop, UV_RUN_DEFAULT);
     rc = BH_EXIT_OK;
 done:
-    if (srv.httpd) {
-        if (!srv.stopping) {
-            bh_httpd_close_all(srv.httpd);
-            uv_run(&srv.loop, UV_RUN_DEFAULT);
-        }
-        bh_httpd_free(srv.httpd);
+    if (srv.st.ledger) { /* error paths: the grace timer closes it on a normal stop */
+        bh_ledger_close(srv.st.ledger);
+        srv.st.ledger = NULL;
     }
+    if (srv.httpd && !srv.stopping)
+        bh_httpd_close_all(srv.httpd);
+    uv_run(&srv.loop, UV_RUN_DEFAULT);
+    bh_httpd_free(srv.httpd);
+    bh_cli_close(&srv.st);
+    bh_admin_free(srv.admin);
     bh_sr_server_free(srv.sr);
     bh_hub_free(srv.hub);
-    bh_cli_close(&srv.st);
     if (uv_loop_close(&srv.loop) != 0)
         bh_log(BH_LOG_WARN, "event loop closed with open handles");
     return rc;

@@ -29,6 +29,9 @@ struct bh_http_conn {
     int responded;
     int closing;
     int in_dispatch;
+    int holds;            /* bh_http_hold references outstanding */
+    int dead;             /* the connection is gone; hc lives on until the last release */
+    size_t pending_total; /* bytes of a held request still waiting for its answer */
 };
 
 static void on_request_timeout(void *arg) {
@@ -62,13 +65,27 @@ static void conn_closed(bh_conn_t *c) {
     if (hc->up && hc->up->on_close)
         hc->up->on_close(hc->up_ud);
     bh_buf_free(&hc->in);
+    if (hc->holds > 0) {
+        hc->dead = 1; /* a deferred answer is still coming: free at the last release */
+        hc->c = NULL;
+        return;
+    }
     free(hc);
+}
+
+/* The answered request's bytes leave the buffer; honour Connection: close. */
+static void finish_request(bh_http_conn_t *hc, size_t total) {
+    bh_buf_consume(&hc->in, total);
+    if (!hc->keep_alive && !hc->closing) {
+        hc->closing = 1;
+        bh_conn_close(hc->c);
+    }
 }
 
 /* Parse and dispatch every complete request in the buffer. */
 static void process(bh_http_conn_t *hc) {
     bh_httpd_t *s = hc->srv;
-    while (!hc->closing && !hc->up && hc->in.len > 0) {
+    while (!hc->closing && !hc->up && !hc->pending_total && hc->in.len > 0) {
         bh_http_request_t req;
         int status = 400;
         int r = bh_http_parse_request(hc->in.data, hc->in.len, s->cfg.max_head, &req, &status);
@@ -100,15 +117,16 @@ static void process(bh_http_conn_t *hc) {
             bh_buf_free(&in);
             return;
         }
+        if (!hc->responded && hc->holds > 0) {
+            hc->pending_total = total; /* answered later; pipelined requests wait */
+            bh_conn_set_timer(hc->c, 0, NULL, NULL);
+            return;
+        }
         if (!hc->responded)
             bh_http_respond_error(hc, 500, "no response");
-        bh_buf_consume(&hc->in, total);
-        if (!hc->keep_alive && !hc->closing) {
-            hc->closing = 1;
-            bh_conn_close(hc->c);
-        }
+        finish_request(hc, total);
     }
-    if (!hc->closing && !hc->up) {
+    if (!hc->closing && !hc->up && !hc->pending_total) {
         if (hc->in.len == 0)
             bh_conn_set_timer(hc->c, s->cfg.idle_timeout_ms, on_idle_timeout, hc);
         else
@@ -174,6 +192,8 @@ void bh_httpd_free(bh_httpd_t *s) {
 
 int bh_http_respond(bh_http_conn_t *hc, int status, const char *ctype, const char *extra,
                     const char *body, size_t len) {
+    if (hc->dead)
+        return BH_ECLOSED;
     bh_buf_t *b = &hc->srv->scratch;
     bh_buf_reset(b);
     hc->responded = 1;
@@ -187,10 +207,18 @@ int bh_http_respond(bh_http_conn_t *hc, int status, const char *ctype, const cha
         hc->closing = 1;
         bh_conn_close(hc->c);
     }
+    if (!hc->in_dispatch && hc->pending_total) {
+        size_t total = hc->pending_total;
+        hc->pending_total = 0;
+        finish_request(hc, total);
+        process(hc);
+    }
     return r;
 }
 
 int bh_http_respond_error(bh_http_conn_t *hc, int status, const char *msg) {
+    if (hc->dead)
+        return BH_ECLOSED;
     bh_buf_t body;
     bh_buf_init(&body, 0);
     int r = bh_buf_appends(&body, "{\"error\":");
@@ -202,7 +230,7 @@ int bh_http_respond_error(bh_http_conn_t *hc, int status, const char *msg) {
     if (r == 0)
         r = bh_http_respond(hc, status, "application/json", NULL, body.data, body.len);
     bh_buf_free(&body);
-    if (!hc->closing) {
+    if (!hc->closing && !hc->dead) {
         hc->closing = 1;
         bh_conn_close(hc->c);
     }
@@ -218,4 +246,13 @@ void bh_http_upgrade(bh_http_conn_t *hc, const bh_http_upgrade_ops_t *ops, void 
 
 bh_conn_t *bh_http_conn_net(bh_http_conn_t *hc) {
     return hc->c;
+}
+
+void bh_http_hold(bh_http_conn_t *hc) {
+    hc->holds++;
+}
+
+void bh_http_release(bh_http_conn_t *hc) {
+    if (--hc->holds == 0 && hc->dead)
+        free(hc);
 }

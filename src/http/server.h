@@ -22,7 +22,8 @@ typedef struct {
 } bh_httpd_config_t;
 
 /* Called once per complete request. The request and body are valid during the call only.
- * The handler must answer with bh_http_respond or take over with bh_http_upgrade. */
+ * The handler answers with bh_http_respond, takes over with bh_http_upgrade, or holds the
+ * connection (bh_http_hold) and answers later. */
 typedef void (*bh_httpd_handler_t)(void *ud, bh_http_conn_t *hc, const bh_http_request_t *req,
                                    const char *body, size_t body_len);
 
@@ -41,6 +42,12 @@ void bh_httpd_stop_accepting(bh_httpd_t *s);
 void bh_httpd_close_all(bh_httpd_t *s);
 /* Free after the loop has finished (every handle closed). */
 void bh_httpd_free(bh_httpd_t *s);
+
+/* Keep hc valid past the handler so the answer can come later (bh_http_respond); requests
+ * pipelined behind it wait. Each hold needs one bh_http_release. Once the connection is gone,
+ * bh_http_respond does nothing and returns BH_ECLOSED. */
+void bh_http_hold(bh_http_conn_t *hc);
+void bh_http_release(bh_http_conn_t *hc);
 
 /* Answer the current request. extra: header lines each ending in CRLF, or NULL. */
 int bh_http_respond(bh_http_conn_t *hc, int status, const char *ctype, const char *extra,

@@ -1,5 +1,6 @@
 /* Execution hub: GetBalances(clientId) answers with the user's snapshot in an executionEvents
- * envelope; bad arguments answer with a preChecksError event, as the exchange's API does. */
+ * envelope (bad arguments answer with a preChecksError event, as the exchange's API does), and
+ * committed ledger changes are pushed to the user's subscribed connections. */
 #include "hub.h"
 
 #include <stdlib.h>
@@ -9,18 +10,136 @@
 #include "../base/log.h"
 
 #define BH_HUB_EVENT "executionEvents"
+#define BH_HUB_MIN_BUCKETS 64
+
+typedef struct hub_user hub_user_t;
+
+/* Per-connection state, owned through bh_sr_conn_set_data from on_connected to
+ * on_disconnected; a member of its user's list for exactly that time. */
+typedef struct hub_conn {
+    struct hub_conn *prev, *next; /* the user's connections */
+    hub_user_t *user;
+    bh_sr_conn_t *c;
+    uint64_t round; /* the last fan-out that already served this connection */
+    int subscribed; /* had a successful GetBalances */
+    size_t client_id_len;
+    char client_id[BH_HUB_CLIENT_ID_MAX * 4 + 1]; /* of the latest successful GetBalances */
+} hub_conn_t;
+
+/* One user with open connections; exists while its list is non-empty. */
+struct hub_user {
+    hub_user_t *next_in_bucket;
+    hub_conn_t *head;
+    uint64_t hash;
+    char user_id[BH_SR_ID_MAX + 1];
+};
 
 struct bh_hub {
     bh_ledger_t *ledger;
     const bh_keyring_t *keyring;
-    bh_buf_t env; /* envelope scratch */
+    bh_buf_t env;         /* envelope scratch */
+    hub_user_t **buckets; /* user id -> its connections; chained, power-of-two size */
+    size_t nbuckets, nusers;
+    uint64_t round; /* fan-out counter, see hub_conn_t.round */
 };
 
-/* Per-connection state: the clientId of its balances subscription, once it has one. */
-typedef struct {
-    char client_id[BH_HUB_CLIENT_ID_MAX * 4 + 1];
-    int subscribed;
-} hub_conn_t;
+/* ---- user index ---- */
+
+static uint64_t hash_id(const char *s) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static hub_user_t *user_find(const bh_hub_t *h, const char *user_id) {
+    uint64_t hash = hash_id(user_id);
+    for (hub_user_t *u = h->buckets[hash & (h->nbuckets - 1)]; u; u = u->next_in_bucket)
+        if (u->hash == hash && strcmp(u->user_id, user_id) == 0)
+            return u;
+    return NULL;
+}
+
+/* Double the table (or make the first one) so chains stay short. */
+static int grow(bh_hub_t *h) {
+    size_t n = h->nbuckets ? h->nbuckets * 2 : BH_HUB_MIN_BUCKETS;
+    hub_user_t **b = calloc(n, sizeof *b);
+    if (!b)
+        return BH_ENOMEM;
+    for (size_t i = 0; i < h->nbuckets; i++) {
+        hub_user_t *u = h->buckets[i];
+        while (u) {
+            hub_user_t *next = u->next_in_bucket;
+            hub_user_t **slot = &b[u->hash & (n - 1)];
+            u->next_in_bucket = *slot;
+            *slot = u;
+            u = next;
+        }
+    }
+    free(h->buckets);
+    h->buckets = b;
+    h->nbuckets = n;
+    return BH_OK;
+}
+
+static hub_user_t *user_get(bh_hub_t *h, const char *user_id) {
+    hub_user_t *u = user_find(h, user_id);
+    if (u)
+        return u;
+    size_t len = strlen(user_id);
+    if (len >= sizeof u->user_id)
+        return NULL;
+    if (h->nusers >= h->nbuckets)
+        grow(h); /* on failure the old table stays, with longer chains */
+    u = calloc(1, sizeof *u);
+    if (!u)
+        return NULL;
+    memcpy(u->user_id, user_id, len + 1);
+    u->hash = hash_id(user_id);
+    hub_user_t **slot = &h->buckets[u->hash & (h->nbuckets - 1)];
+    u->next_in_bucket = *slot;
+    *slot = u;
+    h->nusers++;
+    return u;
+}
+
+static void user_remove(bh_hub_t *h, hub_user_t *u) {
+    for (hub_user_t **p = &h->buckets[u->hash & (h->nbuckets - 1)]; *p; p = &(*p)->next_in_bucket) {
+        if (*p == u) {
+            *p = u->next_in_bucket;
+            break;
+        }
+    }
+    h->nusers--;
+    free(u);
+}
+
+static void conn_link(hub_user_t *u, hub_conn_t *hc) {
+    hc->user = u;
+    hc->prev = NULL;
+    hc->next = u->head;
+    if (u->head)
+        u->head->prev = hc;
+    u->head = hc;
+}
+
+static void conn_unlink(bh_hub_t *h, hub_conn_t *hc) {
+    hub_user_t *u = hc->user;
+    if (hc->prev)
+        hc->prev->next = hc->next;
+    else
+        u->head = hc->next;
+    if (hc->next)
+        hc->next->prev = hc->prev;
+    hc->prev = hc->next = NULL;
+    hc->user = NULL;
+    if (!u->head)
+        user_remove(h, u);
+}
+
+/* ---- envelopes ---- */
 
 int bh_hub_write_envelope(bh_buf_t *b, const char *subject, const char *type, const char *client_id,
                           const char *data, size_t data_len) {
@@ -115,8 +234,11 @@ static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const 
     if (r == 0)
         r = bh_sr_send_event(c, BH_HUB_EVENT, h->env.data, h->env.len);
     hub_conn_t *hcn = bh_sr_conn_data(c);
-    if (r == 0 && hcn) {
+    if (r == 0 && hcn && id->len < sizeof hcn->client_id) {
+        /* From here on, every committed change reaches this connection under this clientId;
+         * the loop thread runs the listener, so no change falls between the snapshot and it. */
         memcpy(hcn->client_id, id->str, id->len + 1);
+        hcn->client_id_len = id->len;
         hcn->subscribed = 1;
     }
     if (r < 0 && r != BH_ECLOSED)
@@ -133,19 +255,42 @@ static int hub_authenticate(void *ud, const char *key, size_t len, char user_id[
     bh_hub_t *h = ud;
     char kid[BH_KEY_ID_LEN + 1];
     int r = bh_keyring_lookup(h->keyring, key, len, user_id, kid);
-    if (r == 0)
-        memcpy(key_id, kid, sizeof kid);
-    return r;
+    if (r < 0)
+        return r;
+    /* A deleted user's keys open nothing (and a not-yet-durable user has no snapshot). */
+    bh_snapshot_t *snap = bh_ledger_snapshot(h->ledger, user_id);
+    int live = snap && !snap->deleted;
+    bh_snapshot_release(snap);
+    if (!live)
+        return BH_ENOTFOUND;
+    memcpy(key_id, kid, sizeof kid);
+    return BH_OK;
 }
 
 static void hub_connected(void *ud, bh_sr_conn_t *c) {
-    hub_conn_t *hcn = calloc(1, sizeof *hcn);
-    bh_sr_conn_set_data(c, hcn); /* NULL on allocation failure: GetBalances still answers */
+    bh_hub_t *h = ud;
+    hub_conn_t *hc = calloc(1, sizeof *hc);
+    hub_user_t *u = hc ? user_get(h, bh_sr_conn_user(c)) : NULL;
+    if (!u) {
+        /* A connection the hub cannot index could never be closed on delete or revoke. */
+        free(hc);
+        bh_log(BH_LOG_WARN, "hub: out of memory for a new connection");
+        bh_sr_close(c, "Server out of memory.", 1);
+        return;
+    }
+    hc->c = c;
+    conn_link(u, hc);
+    bh_sr_conn_set_data(c, hc);
 }
 
 static void hub_disconnected(void *ud, bh_sr_conn_t *c) {
-    free(bh_sr_conn_data(c));
+    bh_hub_t *h = ud;
+    hub_conn_t *hc = bh_sr_conn_data(c);
+    if (!hc)
+        return;
+    conn_unlink(h, hc);
     bh_sr_conn_set_data(c, NULL);
+    free(hc);
 }
 
 static const bh_sr_hooks_t hooks = {hub_authenticate, hub_connected, hub_disconnected};
@@ -159,6 +304,74 @@ const bh_sr_hooks_t *bh_hub_hooks(void) {
     return &hooks;
 }
 
+/* ---- live updates ---- */
+
+static int same_client_id(const hub_conn_t *a, const hub_conn_t *b) {
+    return a->client_id_len == b->client_id_len &&
+           memcmp(a->client_id, b->client_id, a->client_id_len) == 0;
+}
+
+/* Push snap to every subscribed connection of u. The envelope is built once per distinct
+ * clientId and its bytes are sent to every connection subscribed under that clientId. */
+static void fan_out(bh_hub_t *h, hub_user_t *u, const bh_snapshot_t *snap) {
+    uint64_t round = ++h->round;
+    for (hub_conn_t *hc = u->head; hc; hc = hc->next) {
+        if (!hc->subscribed || hc->round == round)
+            continue;
+        bh_buf_reset(&h->env);
+        int r = bh_hub_write_envelope(&h->env, "account.balances.update", "message", hc->client_id,
+                                      snap->json, snap->json_len);
+        if (r < 0) {
+            /* The client sees the sequence gap on the next update and asks again. */
+            bh_log(BH_LOG_WARN, "hub: cannot build a balances update: %s", bh_strerror(r));
+            continue;
+        }
+        /* Sending never unlinks a connection: even a close forced by a send (slow consumer
+         * over the output cap) reaches on_disconnected from a later libuv callback. */
+        for (hub_conn_t *o = hc; o; o = o->next) {
+            if (o->subscribed && o->round != round && same_client_id(o, hc)) {
+                o->round = round;
+                bh_sr_send_event(o->c, BH_HUB_EVENT, h->env.data, h->env.len);
+            }
+        }
+    }
+}
+
+/* Close every connection of u (key_id NULL) or those opened with key_id. bh_sr_close only
+ * starts the close: each connection stays linked, and valid, until its on_disconnected. */
+static void close_conns(hub_user_t *u, const char *key_id, const char *error) {
+    hub_conn_t *next;
+    for (hub_conn_t *hc = u->head; hc; hc = next) {
+        next = hc->next;
+        if (!key_id || strcmp(bh_sr_conn_key_id(hc->c), key_id) == 0)
+            bh_sr_close(hc->c, error, 0);
+    }
+}
+
+void bh_hub_on_change(void *hub, const bh_snapshot_t *snap) {
+    bh_hub_t *h = hub;
+    hub_user_t *u = user_find(h, snap->user_id);
+    if (!u)
+        return;
+    fan_out(h, u, snap);
+    if (snap->deleted)
+        close_conns(u, NULL, "user deleted");
+}
+
+void bh_hub_close_key(bh_hub_t *h, const char *user_id, const char *key_id) {
+    if (user_id) {
+        hub_user_t *u = user_find(h, user_id);
+        if (u)
+            close_conns(u, key_id, "API key revoked");
+        return;
+    }
+    for (size_t i = 0; i < h->nbuckets; i++)
+        for (hub_user_t *u = h->buckets[i]; u; u = u->next_in_bucket)
+            close_conns(u, key_id, "API key revoked");
+}
+
+/* ---- lifetime ---- */
+
 int bh_hub_new(bh_ledger_t *ledger, const bh_keyring_t *keyring, bh_hub_t **out) {
     bh_hub_t *h = calloc(1, sizeof *h);
     if (!h)
@@ -166,13 +379,32 @@ int bh_hub_new(bh_ledger_t *ledger, const bh_keyring_t *keyring, bh_hub_t **out)
     h->ledger = ledger;
     h->keyring = keyring;
     bh_buf_init(&h->env, 0);
+    if (grow(h) < 0) {
+        free(h);
+        return BH_ENOMEM;
+    }
     *out = h;
     return BH_OK;
 }
 
+/* Connections normally are all gone by now (the server closes them first); whatever is left
+ * is freed without touching the SignalR connections, which may be gone already. */
 void bh_hub_free(bh_hub_t *h) {
     if (!h)
         return;
+    for (size_t i = 0; i < h->nbuckets; i++) {
+        hub_user_t *u = h->buckets[i];
+        while (u) {
+            hub_user_t *next = u->next_in_bucket;
+            for (hub_conn_t *hc = u->head, *n; hc; hc = n) {
+                n = hc->next;
+                free(hc);
+            }
+            free(u);
+            u = next;
+        }
+    }
+    free(h->buckets);
     bh_buf_free(&h->env);
     free(h);
 }

@@ -1,5 +1,6 @@
 /* The execution hub: GetBalances with its argument pre-checks, the executionEvents envelope,
- * and per-connection subscriptions. Sits on the SignalR layer; reads ledger snapshots. */
+ * per-connection subscriptions and live balance updates. Sits on the SignalR layer; reads
+ * ledger snapshots and is the ledger's change listener. */
 #ifndef BH_HUB_HUB_H
 #define BH_HUB_HUB_H
 
@@ -25,5 +26,15 @@ const bh_sr_hooks_t *bh_hub_hooks(void);
  * gives JSON null) and the already-serialized data object. */
 int bh_hub_write_envelope(bh_buf_t *b, const char *subject, const char *type, const char *client_id,
                           const char *data, size_t data_len);
+
+/* The ledger listener (bh_ledger_set_listener(ledger, bh_hub_on_change, hub)); loop thread.
+ * Every subscribed connection of snap->user_id (one that had a successful GetBalances) gets an
+ * account.balances.update envelope with the clientId of its latest GetBalances. A deleted
+ * snapshot is pushed the same way, then every connection of the user is closed ("user
+ * deleted", no reconnect). */
+void bh_hub_on_change(void *hub, const bh_snapshot_t *snap);
+/* An API key was revoked: close every connection of user_id opened with key_id ("API key
+ * revoked", no reconnect). user_id NULL searches every user. Loop thread. */
+void bh_hub_close_key(bh_hub_t *h, const char *user_id, const char *key_id);
 
 #endif

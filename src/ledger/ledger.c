@@ -1,10 +1,10 @@
-/* The ledger: per-user balances, exposure rules and sequence numbers. Every change is computed
- * on a copy and checked, made durable through the store, and only then installed and published
- * as a new snapshot; a failure anywhere before the commit leaves nothing changed.
- * One writer thread calls everything here except bh_ledger_snapshot (any thread). */
+/* The ledger: per-user balances, exposure rules and sequence numbers. An operation is checked
+ * against the working state and applied to it at once (later operations see it); it becomes
+ * visible to readers (snapshot, listener, answer) only after commit.c made it durable. */
 #include "ledger.h"
 
-#include <pthread.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,95 +14,81 @@
 #include "../base/error.h"
 #include "../base/json.h"
 #include "../base/log.h"
+#include "internal.h"
 #include "snapshot.h"
 
-#define RATE_KEY_MAX (2 * BH_ASSET_MAX) /* "CURRENCY/ASSET" + NUL */
+#define RATE_KEY_MAX (2 * BH_ASSET_MAX)
 
 typedef struct {
-    char user_id[BH_ID_MAX + 1]; /* first member: the map key */
-    char base_currency[BH_ASSET_MAX];
-    bh_dec_t total_max_exposure;
-    uint64_t sequence;
-    bool deleted;
-    size_t nassets;
-    bh_store_asset_t *assets; /* sorted by name (strcmp, as the store sorts) */
-    bh_snapshot_t *snap;      /* latest published; swapped under bh_ledger.mu */
-} user_t;
-
-typedef struct {
-    char key[RATE_KEY_MAX]; /* first member: the map key */
+    char key[RATE_KEY_MAX]; /* "CURRENCY/ASSET"; first member: the map key */
     bh_dec_t rate;
 } rate_t;
 
-/* Open-addressing string map of items whose first member is their NUL-terminated key. */
-typedef struct {
-    void **slots;
-    size_t cap; /* power of two, or 0 */
-    size_t n;
-} map_t;
-
-struct bh_ledger {
-    bh_store_t *store;
-    map_t users; /* user_t *; structure and ->snap guarded by mu for reader threads */
-    map_t rates; /* rate_t *; writer thread only */
-    pthread_mutex_t mu;
-    bh_ledger_listener_t listener;
-    void *listener_ud;
-};
-
-/* ---- map ---- */
+/* ---- map: linear probing with backward-shift deletion ---- */
 
 static uint64_t hash_str(const char *s) {
     uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    while (*s != '\0') {
-        h ^= (unsigned char)*s++;
-        h *= 1099511628211ULL;
-    }
+    while (*s)
+        h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
     return h;
 }
 
-static void **map_slot(const map_t *m, const char *key) {
+static size_t map_index(const bh_map_t *m, const char *key) {
     size_t mask = m->cap - 1;
-    for (size_t i = (size_t)hash_str(key) & mask;; i = (i + 1) & mask) {
-        void **slot = &m->slots[i];
-        if (*slot == NULL || strcmp((const char *)*slot, key) == 0)
-            return slot;
-    }
+    size_t i = (size_t)hash_str(key) & mask;
+    while (m->slots[i] && strcmp(m->slots[i], key) != 0)
+        i = (i + 1) & mask;
+    return i;
 }
 
-static void *map_get(const map_t *m, const char *key) {
-    return m->cap == 0 ? NULL : *map_slot(m, key);
+void *bh_map_get(const bh_map_t *m, const char *key) {
+    return m->cap ? m->slots[map_index(m, key)] : NULL;
 }
 
-/* Room for one more item, made before a commit so that installing after it cannot fail. */
-static int map_reserve(map_t *m) {
-    map_t nm;
-    if ((m->n + 1) * 4 <= m->cap * 3)
-        return BH_OK;
-    nm.cap = m->cap != 0 ? m->cap * 2 : 16;
-    nm.n = m->n;
-    nm.slots = calloc(nm.cap, sizeof(void *));
-    if (nm.slots == NULL)
-        return BH_ENOMEM;
-    for (size_t i = 0; i < m->cap; i++) {
-        if (m->slots[i] != NULL)
-            *map_slot(&nm, (const char *)m->slots[i]) = m->slots[i];
+int bh_map_put(bh_map_t *m, void *item) {
+    if ((m->n + 1) * 4 > m->cap * 3) {
+        bh_map_t nm = {.cap = m->cap ? m->cap * 2 : 16, .n = m->n};
+        if (!(nm.slots = calloc(nm.cap, sizeof(void *))))
+            return BH_ENOMEM;
+        for (size_t i = 0; i < m->cap; i++)
+            if (m->slots[i])
+                nm.slots[map_index(&nm, m->slots[i])] = m->slots[i];
+        free(m->slots);
+        *m = nm;
     }
-    free(m->slots);
-    *m = nm;
+    m->slots[map_index(m, item)] = item;
+    m->n++;
     return BH_OK;
 }
 
-/* Insert an item whose key is absent, after map_reserve succeeded. */
-static void map_insert(map_t *m, void *item) {
-    *map_slot(m, (const char *)item) = item;
-    m->n++;
+void bh_map_remove(bh_map_t *m, const char *key) {
+    if (!m->cap)
+        return;
+    size_t mask = m->cap - 1, i = map_index(m, key);
+    if (!m->slots[i])
+        return;
+    m->slots[i] = NULL;
+    m->n--;
+    /* Shift later members of the probe run back so lookups never stop at the hole. */
+    for (size_t j = (i + 1) & mask; m->slots[j]; j = (j + 1) & mask) {
+        size_t home = (size_t)hash_str(m->slots[j]) & mask;
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            m->slots[i] = m->slots[j];
+            m->slots[j] = NULL;
+            i = j;
+        }
+    }
+}
+
+void bh_map_free(bh_map_t *m) {
+    free(m->slots);
+    memset(m, 0, sizeof *m);
 }
 
 /* ---- validation ---- */
 
 static bool valid_user_id(const char *s) {
-    size_t n = s != NULL ? strnlen(s, BH_ID_MAX + 1) : 0;
+    size_t n = strnlen(s, BH_ID_MAX + 1);
     if (n == 0 || n > BH_ID_MAX)
         return false;
     for (size_t i = 0; i < n; i++) {
@@ -118,75 +104,58 @@ static bool valid_op_id(const char *s) {
     size_t n = strnlen(s, BH_ID_MAX + 1);
     if (n == 0 || n > BH_ID_MAX)
         return false;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         if (s[i] < 0x20 || s[i] > 0x7e)
             return false;
-    }
     return true;
 }
 
 static bool valid_asset(const char *s) {
-    size_t n = s != NULL ? strnlen(s, BH_ASSET_MAX) : 0;
+    size_t n = strnlen(s, BH_ASSET_MAX);
     if (n == 0 || n >= BH_ASSET_MAX)
         return false;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         if (!((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9')))
             return false;
-    }
     return true;
 }
 
-static bool dec_positive(bh_dec_t d) {
+static bool positive(bh_dec_t d) {
     return !bh_dec_is_neg(d) && !bh_dec_is_zero(d);
 }
 
-static const char *op_name(bh_op_kind_t kind) {
-    switch (kind) {
-    case BH_OP_DEPOSIT:
-        return "deposit";
-    case BH_OP_WITHDRAW:
-        return "withdraw";
-    case BH_OP_ALLOCATE:
-        return "allocate";
-    case BH_OP_RELEASE:
-        return "release";
-    case BH_OP_SET_LIMIT:
-        return "set-limits";
-    }
-    return NULL;
+const char *bh_op_name(bh_op_kind_t kind) {
+    static const char *names[] = {"create-user", "deposit", "withdraw",   "allocate",
+                                  "release",     "trade",   "set-limits", "delete-user"};
+    return (unsigned)kind < sizeof names / sizeof names[0] ? names[kind] : NULL;
 }
 
 /* ---- rates and exposure ---- */
 
 static void rate_key(char key[RATE_KEY_MAX], const char *currency, const char *asset) {
-    size_t c = strnlen(currency, BH_ASSET_MAX - 1), a = strnlen(asset, BH_ASSET_MAX - 1);
-    memcpy(key, currency, c);
-    key[c] = '/';
-    memcpy(key + c + 1, asset, a);
-    key[c + 1 + a] = '\0';
+    snprintf(key, RATE_KEY_MAX, "%.15s/%.15s", currency, asset);
 }
 
-static rate_t *find_rate(const bh_ledger_t *l, const char *currency, const char *asset) {
-    char key[RATE_KEY_MAX];
-    rate_key(key, currency, asset);
-    return map_get(&l->rates, key);
-}
-
-static int exposure_of(const bh_ledger_t *l, const char *base, const char *name, bh_dec_t available,
-                       bh_dec_t allocated, bh_dec_t *out) {
-    bh_dec_t net, rate;
-    const rate_t *r;
-
-    if (bh_dec_add(available, allocated, &net) != BH_OK)
-        return BH_ERANGE;
+static int exposure_of(const bh_ledger_t *l, const char *base, const bh_store_asset_t *a,
+                       bh_dec_t *out) {
+    bh_dec_t net, rate = bh_dec_from_int(1);
+    if (bh_dec_add(a->available, a->allocated, &net) != BH_OK) {
+        /* Each part fits but the sum does not: only same signs overflow, and a positive net
+         * position has no exposure. */
+        if (bh_dec_is_neg(a->available))
+            return BH_ERANGE;
+        *out = bh_dec_zero();
+        return BH_OK;
+    }
     if (!bh_dec_is_neg(net)) {
         *out = bh_dec_zero();
         return BH_OK;
     }
-    if (strcmp(name, base) == 0) {
-        rate = bh_dec_from_int(1);
-    } else {
-        if ((r = find_rate(l, base, name)) == NULL)
+    if (strcmp(a->name, base) != 0) {
+        char key[RATE_KEY_MAX];
+        rate_key(key, base, a->name);
+        const rate_t *r = bh_map_get(&l->rates, key);
+        if (!r)
             return BH_ENOTFOUND;
         rate = r->rate;
     }
@@ -195,87 +164,95 @@ static int exposure_of(const bh_ledger_t *l, const char *base, const char *name,
 
 int bh_ledger_exposure(const bh_ledger_t *l, const char *base_currency, const bh_asset_t *a,
                        bh_dec_t *out) {
-    if (l == NULL || base_currency == NULL || a == NULL || out == NULL)
-        return BH_EINVAL;
-    return exposure_of(l, base_currency, a->name, a->available, a->allocated, out);
+    bh_store_asset_t row = {.available = a->available, .allocated = a->allocated};
+    memcpy(row.name, a->name, sizeof row.name);
+    return exposure_of(l, base_currency, &row, out);
 }
 
-/* The limits only bind an operation that raises the asset's exposure: a rate move may already
- * have pushed a user over, and that must not block operations that reduce or keep the risk. */
-static int check_limits(const bh_ledger_t *l, const user_t *u, const bh_store_asset_t *cur,
-                        const bh_store_asset_t *next) {
-    bh_dec_t e_old, e_new, e, total;
-    int rc;
+/* ---- snapshots ---- */
 
-    rc = exposure_of(l, u->base_currency, next->name, next->available, next->allocated, &e_new);
-    if (rc != BH_OK)
-        return rc == BH_ERANGE ? BH_ELIMIT : rc;
-    if (exposure_of(l, u->base_currency, cur->name, cur->available, cur->allocated, &e_old) !=
-        BH_OK)
-        e_old = bh_dec_zero();
-    if (bh_dec_cmp(e_new, e_old) <= 0)
-        return BH_OK;
-    if (bh_dec_cmp(e_new, next->max_exposure) > 0)
-        return BH_ELIMIT;
-    total = e_new;
+static int build_snapshot(const bh_ledger_t *l, const bh_user_t *u, bh_snapshot_t **out) {
+    bh_asset_t *arr = NULL;
+    bh_dec_t total = bh_dec_zero(), e;
+    if (u->nassets && !(arr = calloc(u->nassets, sizeof *arr)))
+        return BH_ENOMEM;
     for (size_t i = 0; i < u->nassets; i++) {
         const bh_store_asset_t *a = &u->assets[i];
-        if (strcmp(a->name, next->name) == 0)
-            continue;
-        rc = exposure_of(l, u->base_currency, a->name, a->available, a->allocated, &e);
-        if (rc != BH_OK)
-            return rc == BH_ERANGE ? BH_ELIMIT : rc;
-        if (bh_dec_add(total, e, &total) != BH_OK)
-            return BH_ELIMIT;
+        memcpy(arr[i].name, a->name, sizeof arr[i].name);
+        arr[i].available = a->available;
+        arr[i].allocated = a->allocated;
+        arr[i].max_exposure = a->max_exposure;
+        /* Changes are checked with a known rate; only rates set later can be missing here. */
+        if (exposure_of(l, u->base_currency, a, &e) != BH_OK)
+            e = bh_dec_zero();
+        arr[i].current_exposure = e;
+        bh_dec_add(total, e, &total);
     }
-    return bh_dec_cmp(total, u->total_max_exposure) > 0 ? BH_ELIMIT : BH_OK;
+    int rc = bh_snapshot_new(u->user_id, u->sequence, u->base_currency, total,
+                             u->total_max_exposure, u->deleted, arr, u->nassets, out);
+    free(arr);
+    return rc;
 }
 
-/* Compute next from cur (next starts as a copy of cur). Arithmetic overflow is bad input. */
-static int apply_rule(const bh_ledger_t *l, const user_t *u, const bh_op_t *op,
-                      const bh_store_asset_t *cur, bh_store_asset_t *next) {
-    bh_dec_t amt = op->amount;
+bh_snapshot_t *bh_ledger_snapshot(bh_ledger_t *l, const char *user_id) {
+    bh_snapshot_t *s = NULL;
+    pthread_mutex_lock(&l->mu);
+    bh_user_t *u = bh_map_get(&l->users, user_id);
+    if (u && u->snap)
+        s = bh_snapshot_acquire(u->snap);
+    pthread_mutex_unlock(&l->mu);
+    return s;
+}
 
-    if (op->kind == BH_OP_SET_LIMIT) {
-        if (bh_dec_is_neg(amt))
-            return BH_EINVAL;
-        next->max_exposure = amt;
-        return BH_OK;
-    }
-    if (!dec_positive(amt))
-        return BH_EINVAL;
-    switch (op->kind) {
-    case BH_OP_DEPOSIT:
-        return bh_dec_add(cur->available, amt, &next->available) == BH_OK ? BH_OK : BH_EINVAL;
-    case BH_OP_WITHDRAW:
-        if (bh_dec_sub(cur->available, amt, &next->available) != BH_OK)
-            return BH_EINVAL;
-        if (!bh_dec_is_neg(next->available))
-            return BH_OK;
-        /* Going below zero draws on credit; without any maxExposure there is none. */
-        if (bh_dec_is_zero(cur->max_exposure))
-            return BH_EFUNDS;
-        return check_limits(l, u, cur, next);
-    case BH_OP_ALLOCATE:
-        if (bh_dec_cmp(cur->available, amt) < 0)
-            return BH_EFUNDS;
-        if (bh_dec_sub(cur->available, amt, &next->available) != BH_OK ||
-            bh_dec_add(cur->allocated, amt, &next->allocated) != BH_OK)
-            return BH_EINVAL;
-        return BH_OK;
-    case BH_OP_RELEASE:
-        if (bh_dec_cmp(cur->allocated, amt) < 0)
-            return BH_EFUNDS;
-        if (bh_dec_sub(cur->allocated, amt, &next->allocated) != BH_OK ||
-            bh_dec_add(cur->available, amt, &next->available) != BH_OK)
-            return BH_EINVAL;
-        return BH_OK;
-    default:
-        return BH_EINVAL;
+void bh_ledger_set_listener(bh_ledger_t *l, bh_ledger_listener_t fn, void *ud) {
+    l->listener = fn;
+    l->listener_ud = ud;
+}
+
+void bh_ledger_publish(bh_ledger_t *l, bh_change_t *c) {
+    bh_snapshot_t *next = bh_snapshot_acquire(c->snap);
+    pthread_mutex_lock(&l->mu);
+    bh_snapshot_t *old = c->user->snap;
+    c->user->snap = next;
+    pthread_mutex_unlock(&l->mu);
+    bh_snapshot_release(old);
+    if (l->listener)
+        l->listener(l->listener_ud, next);
+}
+
+void bh_ledger_apply_rates(bh_ledger_t *l, const bh_store_rate_t *rates, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        char key[RATE_KEY_MAX];
+        rate_key(key, rates[i].currency, rates[i].asset);
+        rate_t *r = bh_map_get(&l->rates, key);
+        if (!r) {
+            /* The key goes in first: the map hashes it on insertion. */
+            if ((r = calloc(1, sizeof *r)))
+                memcpy(r->key, key, sizeof key);
+            if (!r || bh_map_put(&l->rates, r) < 0) {
+                bh_log(BH_LOG_ERROR, "ledger: out of memory installing a rate");
+                free(r);
+                continue;
+            }
+        }
+        r->rate = rates[i].rate;
     }
 }
 
-/* ---- publishing ---- */
+/* ---- changes ---- */
+
+void bh_change_free(bh_change_t *c) {
+    for (bh_waiter_t *w = c->waiters, *next; w; w = next) {
+        next = w->next;
+        free(w);
+    }
+    bh_snapshot_release(c->snap);
+    free(c->assets);
+    free(c->rates);
+    free(c->detail);
+    free(c->result);
+    free(c);
+}
 
 static int64_t now_ms(void) {
     struct timespec ts;
@@ -283,372 +260,541 @@ static int64_t now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int build_snapshot(const bh_ledger_t *l, const user_t *st, bh_snapshot_t **out) {
-    bh_asset_t *arr = NULL;
-    bh_dec_t total = bh_dec_zero(), e;
-    int rc;
-
-    if (st->nassets > 0 && (arr = calloc(st->nassets, sizeof(*arr))) == NULL)
-        return BH_ENOMEM;
-    for (size_t i = 0; i < st->nassets; i++) {
-        const bh_store_asset_t *a = &st->assets[i];
-        memcpy(arr[i].name, a->name, sizeof(arr[i].name));
-        arr[i].available = a->available;
-        arr[i].allocated = a->allocated;
-        arr[i].max_exposure = a->max_exposure;
-        /* Committed changes were checked with a known rate; only a rate change since then can
-         * make this fail (overflow), and a snapshot must still be published. */
-        if (exposure_of(l, st->base_currency, a->name, a->available, a->allocated, &e) != BH_OK) {
-            bh_log(BH_LOG_WARN, "ledger: exposure of %s for user %s not computable, shown as 0",
-                   a->name, st->user_id);
-            e = bh_dec_zero();
-        }
-        arr[i].current_exposure = e;
-        bh_dec_add(total, e, &total); /* on overflow total keeps its last value */
-    }
-    rc = bh_snapshot_new(st->user_id, st->sequence, st->base_currency, total,
-                         st->total_max_exposure, st->deleted, arr, st->nassets, out);
-    free(arr);
-    return rc;
+static int reject(bh_change_t *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int reject(bh_change_t *c, int status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->reason, sizeof c->reason, fmt, ap);
+    va_end(ap);
+    c->status = status;
+    return status;
 }
 
-/* {"k1":"v1","k2":"decimal"}: the journal's record of an operation's arguments. */
-static int detail_json(bh_buf_t *b, const char *k1, const char *v1, const char *k2, bh_dec_t v2) {
+/* Check the op's own arguments (no state needed). */
+static int check_args(const bh_op_t *op, bh_change_t *c) {
+    if (!valid_user_id(op->user_id))
+        return reject(c, BH_EINVAL, "userId must be 1 to 64 characters of A-Z a-z 0-9 . _ : @ -");
+    if (!valid_op_id(op->op_id))
+        return reject(c, BH_EINVAL, "opId must be 1 to 64 printable ASCII characters");
+    if (!bh_op_name(op->kind))
+        return reject(c, BH_EINVAL, "unknown operation");
+    if (op->nlegs > BH_OP_MAX_LEGS)
+        return reject(c, BH_EINVAL, "at most %d assets per operation", BH_OP_MAX_LEGS);
+    switch (op->kind) {
+    case BH_OP_CREATE_USER:
+        if (!valid_asset(op->base_currency))
+            return reject(c, BH_EINVAL, "baseCurrency must be 1 to 15 characters of A-Z 0-9");
+        if (op->has_total && bh_dec_is_neg(op->total_max_exposure))
+            return reject(c, BH_EINVAL, "totalMaxExposure must not be negative");
+        return BH_OK;
+    case BH_OP_DELETE_USER:
+        return BH_OK;
+    case BH_OP_DEPOSIT:
+    case BH_OP_WITHDRAW:
+    case BH_OP_ALLOCATE:
+    case BH_OP_RELEASE:
+        if (op->nlegs != 1)
+            return reject(c, BH_EINVAL, "%s takes one asset and amount", bh_op_name(op->kind));
+        break;
+    case BH_OP_TRADE:
+        if (op->nlegs == 0)
+            return reject(c, BH_EINVAL, "trade needs at least one leg");
+        break;
+    case BH_OP_SET_LIMITS:
+        if (op->nlegs == 0 && !op->has_total)
+            return reject(c, BH_EINVAL, "set-limits needs maxExposure or totalMaxExposure");
+        if (op->has_total && bh_dec_is_neg(op->total_max_exposure))
+            return reject(c, BH_EINVAL, "totalMaxExposure must not be negative");
+        break;
+    }
+    for (size_t i = 0; i < op->nlegs; i++) {
+        const bh_leg_t *g = &op->legs[i];
+        if (!valid_asset(g->asset))
+            return reject(c, BH_EINVAL, "asset must be 1 to 15 characters of A-Z 0-9");
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(op->legs[k].asset, g->asset) == 0)
+                return reject(c, BH_EINVAL, "asset %s appears twice", g->asset);
+        if (op->kind == BH_OP_SET_LIMITS ? bh_dec_is_neg(g->amount)
+            : op->kind == BH_OP_TRADE    ? bh_dec_is_zero(g->amount)
+                                         : !positive(g->amount))
+            return reject(c, BH_EINVAL,
+                          op->kind == BH_OP_SET_LIMITS ? "maxExposure of %s must not be negative"
+                          : op->kind == BH_OP_TRADE    ? "amount of %s must not be zero"
+                                                       : "amount of %s must be positive",
+                          g->asset);
+    }
+    return BH_OK;
+}
+
+/* New asset rows of u after op (changed[i] for each leg, sorted into *next_assets). */
+static int apply_legs(bh_ledger_t *l, const bh_user_t *u, const bh_op_t *op, bh_change_t *c,
+                      bh_store_asset_t **next_assets, size_t *next_n) {
+    char a1[BH_DEC_STRLEN], a2[BH_DEC_STRLEN];
+    bh_store_asset_t *rows = malloc((u->nassets + op->nlegs) * sizeof *rows);
+    c->assets = op->nlegs ? malloc(op->nlegs * sizeof *c->assets) : NULL;
+    if (!rows || (op->nlegs && !c->assets)) {
+        free(rows);
+        return reject(c, BH_ENOMEM, "out of memory");
+    }
+    if (u->nassets)
+        memcpy(rows, u->assets, u->nassets * sizeof *rows);
+    size_t n = u->nassets;
+    bh_dec_t d_old = bh_dec_zero(), d_new = bh_dec_zero(), e_old, e_new;
+    int check_exposure = op->kind == BH_OP_WITHDRAW || op->kind == BH_OP_TRADE;
+    for (size_t i = 0; i < op->nlegs; i++) {
+        const bh_leg_t *g = &op->legs[i];
+        bool found = false;
+        size_t lo = 0, hi = n;
+        while (lo < hi) { /* binary search in rows, which grows as legs add assets */
+            size_t mid = lo + (hi - lo) / 2;
+            int d = strcmp(rows[mid].name, g->asset);
+            if (d == 0) {
+                found = true;
+                lo = mid;
+                break;
+            }
+            if (d < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (!found) {
+            memmove(rows + lo + 1, rows + lo, (n - lo) * sizeof *rows);
+            memset(&rows[lo], 0, sizeof rows[lo]);
+            memcpy(rows[lo].name, g->asset, strlen(g->asset) + 1);
+            n++;
+        }
+        bh_store_asset_t cur = rows[lo], *nx = &rows[lo];
+        int r = BH_OK;
+        switch (op->kind) {
+        case BH_OP_DEPOSIT:
+            r = bh_dec_add(cur.available, g->amount, &nx->available);
+            break;
+        case BH_OP_WITHDRAW:
+        case BH_OP_TRADE:
+            r = bh_dec_add(cur.available,
+                           op->kind == BH_OP_TRADE ? g->amount : bh_dec_neg(g->amount),
+                           &nx->available);
+            if (r == BH_OK && bh_dec_is_neg(nx->available) &&
+                bh_dec_cmp(nx->available, cur.available) < 0 && bh_dec_is_zero(cur.max_exposure)) {
+                bh_dec_format(cur.available, a1);
+                bh_dec_format(bh_dec_is_neg(g->amount) ? bh_dec_neg(g->amount) : g->amount, a2);
+                free(rows);
+                return reject(c, BH_EFUNDS, "insufficient available %s: %s available, %s needed",
+                              g->asset, a1, a2);
+            }
+            break;
+        case BH_OP_ALLOCATE:
+        case BH_OP_RELEASE: {
+            bool alloc = op->kind == BH_OP_ALLOCATE;
+            bh_dec_t from = alloc ? cur.available : cur.allocated;
+            if (bh_dec_cmp(from, g->amount) < 0) {
+                bh_dec_format(from, a1);
+                bh_dec_format(g->amount, a2);
+                free(rows);
+                return reject(c, BH_EFUNDS, "insufficient %s %s: %s %s, %s needed",
+                              alloc ? "available" : "allocated", g->asset, a1,
+                              alloc ? "available" : "allocated", a2);
+            }
+            bh_dec_sub(cur.available, alloc ? g->amount : bh_dec_neg(g->amount), &nx->available);
+            r = bh_dec_add(cur.allocated, alloc ? g->amount : bh_dec_neg(g->amount),
+                           &nx->allocated);
+            break;
+        }
+        case BH_OP_SET_LIMITS:
+            nx->max_exposure = g->amount;
+            break;
+        default:
+            break;
+        }
+        if (r != BH_OK) {
+            free(rows);
+            return reject(c, BH_EINVAL, "amount of %s is out of range", g->asset);
+        }
+        c->assets[i] = *nx;
+        if (!check_exposure)
+            continue;
+        /* Limits bind only what raises exposure: a rate move may already have pushed a user
+         * over, and that must not block operations that reduce or keep the risk. */
+        if (exposure_of(l, u->base_currency, nx, &e_new) != BH_OK) {
+            free(rows);
+            return reject(c, BH_ELIMIT, "no rate for %s in %s to value the exposure", g->asset,
+                          u->base_currency);
+        }
+        if (exposure_of(l, u->base_currency, &cur, &e_old) != BH_OK)
+            e_old = bh_dec_zero();
+        if (bh_dec_cmp(e_new, e_old) > 0 && bh_dec_cmp(e_new, nx->max_exposure) > 0) {
+            bh_dec_format(e_new, a1);
+            bh_dec_format(nx->max_exposure, a2);
+            free(rows);
+            return reject(c, BH_ELIMIT, "exposure of %s would be %s, over its maxExposure %s",
+                          g->asset, a1, a2);
+        }
+        bh_dec_add(d_old, e_old, &d_old);
+        bh_dec_add(d_new, e_new, &d_new);
+    }
+    if (check_exposure && bh_dec_cmp(d_new, d_old) > 0) {
+        bh_dec_t total = bh_dec_zero(), e;
+        for (size_t i = 0; i < n; i++)
+            if (exposure_of(l, u->base_currency, &rows[i], &e) == BH_OK)
+                bh_dec_add(total, e, &total);
+        bh_dec_t limit = op->kind == BH_OP_SET_LIMITS && op->has_total ? op->total_max_exposure
+                                                                       : u->total_max_exposure;
+        if (bh_dec_cmp(total, limit) > 0) {
+            bh_dec_format(total, a1);
+            bh_dec_format(limit, a2);
+            free(rows);
+            return reject(c, BH_ELIMIT, "total exposure would be %s, over totalMaxExposure %s", a1,
+                          a2);
+        }
+    }
+    c->nassets = op->nlegs;
+    *next_assets = rows;
+    *next_n = n;
+    return BH_OK;
+}
+
+/* The journal's record of the op's arguments, amounts as exact decimal strings. */
+static int detail_json(const bh_op_t *op, bh_buf_t *b) {
     char num[BH_DEC_STRLEN];
-    int rc;
-
-    bh_dec_format(v2, num);
-    if ((rc = bh_buf_printf(b, "{\"%s\":", k1)) != BH_OK ||
-        (rc = bh_json_write_str(b, v1, strlen(v1))) != BH_OK ||
-        (rc = bh_buf_printf(b, ",\"%s\":\"%s\"}", k2, num)) != BH_OK)
-        return rc;
-    return BH_OK;
-}
-
-/* Make next durable, then install it in place of u (or as a new user when u is NULL), publish
- * its snapshot and tell the listener. On failure nothing changed and next stays the caller's;
- * on success next's storage (its assets, or next itself for a new user) belongs to the ledger. */
-static int publish(bh_ledger_t *l, user_t *u, user_t *next, const bh_store_asset_t *changed,
-                   size_t nchanged, const char *op, const char *op_id, const char *detail) {
-    bh_snapshot_t *snap = NULL, *old = NULL;
-    bh_store_user_t row;
-    bh_store_journal_t j;
-    int rc;
-
-    if ((rc = build_snapshot(l, next, &snap)) != BH_OK)
-        return rc;
-    if (u == NULL) {
-        pthread_mutex_lock(&l->mu);
-        rc = map_reserve(&l->users);
-        pthread_mutex_unlock(&l->mu);
-        if (rc != BH_OK)
-            goto fail;
-    }
-    memset(&row, 0, sizeof(row));
-    memcpy(row.user_id, next->user_id, sizeof(row.user_id));
-    memcpy(row.base_currency, next->base_currency, sizeof(row.base_currency));
-    row.total_max_exposure = next->total_max_exposure;
-    row.sequence = next->sequence;
-    row.deleted = next->deleted;
-    memset(&j, 0, sizeof(j));
-    memcpy(j.user_id, next->user_id, sizeof(j.user_id));
-    j.sequence = next->sequence;
-    snprintf(j.op_id, sizeof(j.op_id), "%s", op_id);
-    snprintf(j.op, sizeof(j.op), "%s", op);
-    j.detail = detail;
-    j.time_ms = now_ms();
-    if ((rc = bh_store_commit_user(l->store, &row, changed, nchanged, &j)) != BH_OK)
-        goto fail;
-
-    next->snap = snap;
-    pthread_mutex_lock(&l->mu);
-    if (u == NULL) {
-        map_insert(&l->users, next);
-    } else {
-        old = u->snap;
-        free(u->assets);
-        *u = *next;
-    }
-    pthread_mutex_unlock(&l->mu);
-    bh_snapshot_release(old);
-    if (l->listener != NULL)
-        l->listener(l->listener_ud, snap);
-    return BH_OK;
-fail:
-    bh_snapshot_release(snap);
-    return rc;
-}
-
-/* ---- public operations ---- */
-
-int bh_ledger_create_user(bh_ledger_t *l, const char *user_id, const char *base_currency,
-                          bh_dec_t total_max_exposure) {
-    user_t *nu;
-    bh_buf_t detail;
-    int rc;
-
-    if (l == NULL || !valid_user_id(user_id) || !valid_asset(base_currency) ||
-        bh_dec_is_neg(total_max_exposure))
-        return BH_EINVAL;
-    if (map_get(&l->users, user_id) != NULL)
-        return BH_EEXIST;
-    bh_buf_init(&detail, 0);
-    if ((nu = calloc(1, sizeof(*nu))) == NULL)
-        return BH_ENOMEM;
-    memcpy(nu->user_id, user_id, strlen(user_id) + 1);
-    memcpy(nu->base_currency, base_currency, strlen(base_currency) + 1);
-    nu->total_max_exposure = total_max_exposure;
-    nu->sequence = 1;
-    if ((rc = detail_json(&detail, "baseCurrency", base_currency, "totalMaxExposure",
-                          total_max_exposure)) != BH_OK)
-        goto fail;
-    rc = publish(l, NULL, nu, NULL, 0, "create-user", "create-user", detail.data);
-    if (rc != BH_OK)
-        goto fail;
-    bh_buf_free(&detail);
-    return BH_OK;
-fail:
-    bh_buf_free(&detail);
-    free(nu);
-    return rc;
-}
-
-/* Index of the asset called name in u, or where it would be inserted (*found tells which). */
-static size_t find_asset(const user_t *u, const char *name, bool *found) {
-    size_t lo = 0, hi = u->nassets;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(u->assets[mid].name, name);
-        if (c == 0) {
-            *found = true;
-            return mid;
+    int r = bh_buf_appendc(b, '{');
+    switch (op->kind) {
+    case BH_OP_CREATE_USER:
+        bh_dec_format(op->has_total ? op->total_max_exposure : bh_dec_zero(), num);
+        r = r ? r
+              : bh_buf_printf(b, "\"baseCurrency\":\"%s\",\"totalMaxExposure\":\"%s\"",
+                              op->base_currency, num);
+        break;
+    case BH_OP_DELETE_USER:
+        break;
+    case BH_OP_TRADE:
+        r = r ? r : bh_buf_appends(b, "\"legs\":[");
+        for (size_t i = 0; i < op->nlegs && !r; i++) {
+            bh_dec_format(op->legs[i].amount, num);
+            r = bh_buf_printf(b, "%s{\"asset\":\"%s\",\"amount\":\"%s\"}", i ? "," : "",
+                              op->legs[i].asset, num);
         }
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
+        r = r ? r : bh_buf_appendc(b, ']');
+        break;
+    case BH_OP_SET_LIMITS:
+        if (op->nlegs) {
+            r = r ? r : bh_buf_appends(b, "\"maxExposure\":{");
+            for (size_t i = 0; i < op->nlegs && !r; i++) {
+                bh_dec_format(op->legs[i].amount, num);
+                r = bh_buf_printf(b, "%s\"%s\":\"%s\"", i ? "," : "", op->legs[i].asset, num);
+            }
+            r = r ? r : bh_buf_appendc(b, '}');
+        }
+        if (op->has_total) {
+            bh_dec_format(op->total_max_exposure, num);
+            r = r ? r
+                  : bh_buf_printf(b, "%s\"totalMaxExposure\":\"%s\"", op->nlegs ? "," : "", num);
+        }
+        break;
+    default:
+        bh_dec_format(op->legs[0].amount, num);
+        r = r ? r : bh_buf_printf(b, "\"asset\":\"%s\",\"amount\":\"%s\"", op->legs[0].asset, num);
+        break;
     }
-    *found = false;
-    return lo;
+    return r ? r : bh_buf_appendc(b, '}');
 }
 
-int bh_ledger_apply(bh_ledger_t *l, const char *user_id, const bh_op_t *op, uint64_t *sequence) {
-    bh_store_asset_t cur, nx;
-    user_t *u, next;
-    bh_buf_t detail;
-    uint64_t first;
-    size_t pos;
-    bool found;
-    int rc;
-
-    if (l == NULL || op == NULL || !valid_user_id(user_id) || !valid_op_id(op->op_id) ||
-        !valid_asset(op->asset) || op_name(op->kind) == NULL)
-        return BH_EINVAL;
-    u = map_get(&l->users, user_id);
-    if (u == NULL || u->deleted)
-        return BH_ENOTFOUND;
-    rc = bh_store_find_op(l->store, user_id, op->op_id, &first);
-    if (rc == BH_OK) {
-        if (sequence != NULL)
-            *sequence = first;
-        return BH_EEXIST;
+/* Look for an earlier application of (user, op id): pending, or durable in the store. */
+enum { NEW_OP, ATTACHED, REPEATED };
+static int find_earlier(bh_ledger_t *l, const bh_op_t *op, const bh_user_t *u, bh_change_t *c,
+                        bh_op_cb cb, void *ud) {
+    snprintf(c->opkey, sizeof c->opkey, "%s\x1f%s", op->user_id, op->op_id);
+    bh_change_t *p = bh_map_get(&l->ops, c->opkey);
+    if (p) {
+        bh_waiter_t *w = malloc(sizeof *w);
+        if (!w)
+            return reject(c, BH_ENOMEM, "out of memory");
+        w->cb = cb;
+        w->ud = ud;
+        w->next = NULL;
+        bh_waiter_t **tail = &p->waiters; /* answered in submission order */
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = w;
+        return ATTACHED;
     }
-    if (rc != BH_ENOTFOUND)
-        return rc;
+    if (!u || !u->exists)
+        return NEW_OP;
+    bh_buf_t res;
+    bh_buf_init(&res, 0);
+    uint64_t seq;
+    int r = bh_store_find_op(l->reader, op->user_id, op->op_id, &seq, &res);
+    if (r == BH_ENOTFOUND) {
+        bh_buf_free(&res);
+        return NEW_OP;
+    }
+    if (r != BH_OK) {
+        bh_buf_free(&res);
+        return reject(c, BH_ESTORE, "the store could not be read (%s)", bh_strerror(r));
+    }
+    c->repeated = true;
+    c->row.sequence = seq;
+    c->result = res.data; /* the buffer's storage becomes the change's */
+    c->result_len = res.len;
+    if (!c->result) {
+        c->result = strdup("{}");
+        c->result_len = 2;
+    }
+    return REPEATED;
+}
 
-    pos = find_asset(u, op->asset, &found);
-    memset(&cur, 0, sizeof(cur));
-    if (found)
-        cur = u->assets[pos];
-    else
-        memcpy(cur.name, op->asset, strlen(op->asset) + 1);
-    nx = cur;
-    if ((rc = apply_rule(l, u, op, &cur, &nx)) != BH_OK)
-        return rc;
-
-    next = *u;
-    next.sequence = u->sequence + 1;
-    next.nassets = u->nassets + (found ? 0 : 1);
-    next.assets = malloc(next.nassets * sizeof(*next.assets));
-    if (next.assets == NULL)
-        return BH_ENOMEM;
-    /* The copy with nx at pos: replacing the old row when found, else inserted there. */
-    for (size_t i = 0, k = 0; i < next.nassets; i++) {
-        if (i == pos) {
-            next.assets[i] = nx;
-            k += found ? 1 : 0;
+/* Validate op against the working state and, when it passes, apply it there and fill c. */
+static int prepare(bh_ledger_t *l, const bh_op_t *op, bh_change_t *c, bh_op_cb cb, void *ud) {
+    if (check_args(op, c) < 0)
+        return c->status;
+    bh_user_t *u = bh_map_get(&l->users, op->user_id);
+    int e = find_earlier(l, op, u, c, cb, ud);
+    if (e != NEW_OP)
+        return e;
+    bh_user_t next;
+    bh_store_asset_t *rows = NULL;
+    if (op->kind == BH_OP_CREATE_USER) {
+        if (u && u->exists)
+            return reject(c, BH_EEXIST, "user %s already exists", op->user_id);
+        memset(&next, 0, sizeof next);
+        memcpy(next.user_id, op->user_id, strlen(op->user_id) + 1);
+        memcpy(next.base_currency, op->base_currency, strlen(op->base_currency) + 1);
+        next.total_max_exposure = op->has_total ? op->total_max_exposure : bh_dec_zero();
+        next.sequence = 1;
+        next.exists = true;
+    } else {
+        if (!u || !u->exists || u->deleted)
+            return reject(c, BH_ENOTFOUND, "no user %s", op->user_id);
+        next = *u;
+        next.sequence = u->sequence + 1;
+        if (op->kind == BH_OP_DELETE_USER) {
+            next.deleted = true;
         } else {
-            next.assets[i] = u->assets[k++];
+            if (op->kind == BH_OP_SET_LIMITS && op->has_total)
+                next.total_max_exposure = op->total_max_exposure;
+            if (apply_legs(l, u, op, c, &rows, &next.nassets) < 0)
+                return c->status;
         }
+        next.assets = rows ? rows : u->assets;
     }
 
-    bh_buf_init(&detail, 0);
-    if ((rc = detail_json(&detail, "asset", op->asset, "amount", op->amount)) != BH_OK)
-        goto fail;
-    rc = publish(l, u, &next, &nx, 1, op_name(op->kind), op->op_id, detail.data);
-    if (rc == BH_EEXIST) {
-        /* Another writer journaled this op id between the lookup and the commit. */
-        if (bh_store_find_op(l->store, user_id, op->op_id, &first) == BH_OK && sequence != NULL)
-            *sequence = first;
-        goto fail;
+    bh_buf_t b;
+    bh_buf_init(&b, 0);
+    int r = detail_json(op, &b);
+    c->detail = b.data;
+    bh_buf_init(&b, 0);
+    if (r == BH_OK)
+        r = build_snapshot(l, &next, &c->snap);
+    if (r == BH_OK)
+        r = bh_buf_printf(&b, "{\"sequence\":%" PRIu64 ",\"data\":", next.sequence);
+    if (r == BH_OK)
+        r = bh_buf_append(&b, c->snap->json, c->snap->json_len);
+    if (r == BH_OK)
+        r = bh_buf_appendc(&b, '}');
+    c->result = b.data;
+    c->result_len = b.len;
+    bh_user_t *fresh = NULL;
+    if (r == BH_OK && !u && !(fresh = calloc(1, sizeof *fresh)))
+        r = BH_ENOMEM;
+    if (r == BH_OK && fresh) {
+        memcpy(fresh->user_id, op->user_id, strlen(op->user_id) + 1);
+        pthread_mutex_lock(&l->mu);
+        r = bh_map_put(&l->users, fresh);
+        pthread_mutex_unlock(&l->mu);
+        if (r < 0)
+            free(fresh);
+        else
+            u = fresh;
     }
-    if (rc != BH_OK)
-        goto fail;
-    bh_buf_free(&detail);
-    if (sequence != NULL)
-        *sequence = u->sequence;
-    return BH_OK;
-fail:
-    bh_buf_free(&detail);
-    free(next.assets);
-    return rc;
+    if (r == BH_OK && (r = bh_map_put(&l->ops, c)) == BH_OK)
+        c->in_map = true;
+    if (r != BH_OK) {
+        free(rows);
+        return reject(c, r, "out of memory");
+    }
+
+    /* Install the working state; readers keep seeing u->snap until the commit. */
+    memset(&c->row, 0, sizeof c->row);
+    memcpy(c->row.user_id, next.user_id, sizeof c->row.user_id);
+    memcpy(c->row.base_currency, next.base_currency, sizeof c->row.base_currency);
+    c->row.total_max_exposure = next.total_max_exposure;
+    c->row.sequence = next.sequence;
+    c->row.deleted = next.deleted;
+    c->journal = (bh_store_journal_t){
+        .sequence = next.sequence, .detail = c->detail, .result = c->result, .time_ms = now_ms()};
+    memcpy(c->journal.user_id, next.user_id, sizeof c->journal.user_id);
+    memcpy(c->journal.op_id, op->op_id, strlen(op->op_id) + 1);
+    snprintf(c->journal.op, sizeof c->journal.op, "%s", bh_op_name(op->kind));
+    if (rows && u->assets != rows)
+        free(u->assets);
+    next.snap = u->snap;
+    *u = next;
+    c->user = u;
+    return NEW_OP;
 }
 
-int bh_ledger_set_rate(bh_ledger_t *l, const char *currency, const char *asset, bh_dec_t rate) {
-    bh_store_rate_t row;
-    rate_t *r, *fresh = NULL;
-    int rc;
-
-    if (l == NULL || !valid_asset(currency) || !valid_asset(asset) ||
-        strcmp(currency, asset) == 0 || !dec_positive(rate))
-        return BH_EINVAL;
-    r = find_rate(l, currency, asset);
-    if (r == NULL) {
-        if ((fresh = calloc(1, sizeof(*fresh))) == NULL)
-            return BH_ENOMEM;
-        rate_key(fresh->key, currency, asset);
-        if ((rc = map_reserve(&l->rates)) != BH_OK)
-            goto fail;
-    }
-    memset(&row, 0, sizeof(row));
-    memcpy(row.currency, currency, strlen(currency) + 1);
-    memcpy(row.asset, asset, strlen(asset) + 1);
-    row.rate = rate;
-    if ((rc = bh_store_put_rate(l->store, &row)) != BH_OK)
-        goto fail;
-    if (r == NULL) {
-        fresh->rate = rate;
-        map_insert(&l->rates, fresh);
+int bh_ledger_submit(bh_ledger_t *l, const bh_op_t *op, bh_op_cb cb, void *ud) {
+    bh_change_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return BH_ENOMEM;
+    c->cb = cb;
+    c->ud = ud;
+    int r = prepare(l, op, c, cb, ud);
+    if (r == ATTACHED) {
+        bh_change_free(c);
+    } else if (r == NEW_OP) {
+        bh_commit_enqueue(l, c);
     } else {
-        r->rate = rate;
+        if (r != REPEATED)
+            c->row.sequence = 0;
+        bh_commit_ready(l, c);
     }
     return BH_OK;
-fail:
-    free(fresh);
-    return rc;
 }
 
-bh_snapshot_t *bh_ledger_snapshot(bh_ledger_t *l, const char *user_id) {
-    bh_snapshot_t *s = NULL;
-    user_t *u;
-
-    if (l == NULL || user_id == NULL)
-        return NULL;
-    pthread_mutex_lock(&l->mu);
-    if ((u = map_get(&l->users, user_id)) != NULL)
-        s = bh_snapshot_acquire(u->snap);
-    pthread_mutex_unlock(&l->mu);
-    return s;
+int bh_ledger_set_rates(bh_ledger_t *l, const char *currency, const bh_store_rate_t *rates,
+                        size_t n, bh_op_cb cb, void *ud) {
+    bh_change_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return BH_ENOMEM;
+    c->cb = cb;
+    c->ud = ud;
+    if (!valid_asset(currency)) {
+        reject(c, BH_EINVAL, "baseCurrency must be 1 to 15 characters of A-Z 0-9");
+    } else if (n == 0) {
+        reject(c, BH_EINVAL, "rates must name at least one asset");
+    } else if (!(c->rates = malloc(n * sizeof *c->rates))) {
+        reject(c, BH_ENOMEM, "out of memory");
+    } else {
+        for (size_t i = 0; i < n && c->status == BH_OK; i++) {
+            c->rates[i] = rates[i];
+            snprintf(c->rates[i].currency, sizeof c->rates[i].currency, "%s", currency);
+            if (!valid_asset(rates[i].asset) || strcmp(rates[i].asset, currency) == 0)
+                reject(c, BH_EINVAL,
+                       "rate asset must be 1 to 15 characters of A-Z 0-9, "
+                       "other than the base currency");
+            else if (!positive(rates[i].rate))
+                reject(c, BH_EINVAL, "rate of %s must be positive", rates[i].asset);
+        }
+        c->nrates = n;
+    }
+    if (c->status == BH_OK)
+        bh_commit_enqueue(l, c);
+    else
+        bh_commit_ready(l, c);
+    return BH_OK;
 }
 
-void bh_ledger_set_listener(bh_ledger_t *l, bh_ledger_listener_t fn, void *ud) {
-    if (l == NULL)
-        return;
-    l->listener = fn;
-    l->listener_ud = ud;
-}
+/* ---- loading ---- */
 
-/* ---- open / close ---- */
+static int load_into(bh_user_t *u, const bh_store_user_t *su, const bh_store_asset_t *assets,
+                     size_t n) {
+    bh_store_asset_t *rows = NULL;
+    if (n && !(rows = malloc(n * sizeof *rows)))
+        return BH_ENOMEM;
+    if (n)
+        memcpy(rows, assets, n * sizeof *rows);
+    free(u->assets);
+    memcpy(u->user_id, su->user_id, sizeof u->user_id);
+    memcpy(u->base_currency, su->base_currency, sizeof u->base_currency);
+    u->total_max_exposure = su->total_max_exposure;
+    u->sequence = su->sequence;
+    u->deleted = su->deleted;
+    u->exists = true;
+    u->assets = rows;
+    u->nassets = n;
+    return BH_OK;
+}
 
 static int load_user(void *ud, const bh_store_user_t *su, const bh_store_asset_t *assets,
                      size_t n) {
     bh_ledger_t *l = ud;
-    user_t *u;
-    int rc;
-
-    if (map_get(&l->users, su->user_id) != NULL)
+    if (bh_map_get(&l->users, su->user_id))
         return BH_ESTORE;
-    for (size_t i = 1; i < n; i++) {
-        if (strcmp(assets[i - 1].name, assets[i].name) >= 0)
-            return BH_ESTORE; /* the store promised sorted, distinct names */
-    }
-    if ((rc = map_reserve(&l->users)) != BH_OK)
-        return rc;
-    if ((u = calloc(1, sizeof(*u))) == NULL)
+    bh_user_t *u = calloc(1, sizeof *u);
+    if (!u)
         return BH_ENOMEM;
-    if (n > 0 && (u->assets = malloc(n * sizeof(*u->assets))) == NULL) {
+    int r = load_into(u, su, assets, n);
+    if (r == BH_OK && (r = bh_map_put(&l->users, u)) < 0)
+        free(u->assets);
+    if (r < 0)
         free(u);
-        return BH_ENOMEM;
+    return r;
+}
+
+static int reload_one(void *ud, const bh_store_user_t *su, const bh_store_asset_t *assets,
+                      size_t n) {
+    return load_into(ud, su, assets, n);
+}
+
+void bh_ledger_reload_user(bh_ledger_t *l, bh_user_t *u) {
+    bh_store_visitor_t v = {.ud = u, .user = reload_one};
+    int r = bh_store_load_user(l->reader, u->user_id, &v);
+    if (r == BH_ENOTFOUND) {
+        free(u->assets);
+        u->assets = NULL;
+        u->nassets = 0;
+        u->sequence = 0;
+        u->exists = false;
+    } else if (r != BH_OK) {
+        bh_log(BH_LOG_ERROR, "ledger: cannot reload user %s after a failed commit: %s", u->user_id,
+               bh_strerror(r));
     }
-    memcpy(u->user_id, su->user_id, sizeof(u->user_id));
-    memcpy(u->base_currency, su->base_currency, sizeof(u->base_currency));
-    u->total_max_exposure = su->total_max_exposure;
-    u->sequence = su->sequence;
-    u->deleted = su->deleted;
-    if (n > 0)
-        memcpy(u->assets, assets, n * sizeof(*u->assets));
-    u->nassets = n;
-    map_insert(&l->users, u);
-    return BH_OK;
 }
 
 static int load_rate(void *ud, const bh_store_rate_t *sr) {
-    bh_ledger_t *l = ud;
-    rate_t *r = find_rate(l, sr->currency, sr->asset);
-    int rc;
-
-    if (r == NULL) {
-        if ((rc = map_reserve(&l->rates)) != BH_OK)
-            return rc;
-        if ((r = calloc(1, sizeof(*r))) == NULL)
-            return BH_ENOMEM;
-        rate_key(r->key, sr->currency, sr->asset);
-        map_insert(&l->rates, r);
-    }
-    r->rate = sr->rate;
+    bh_ledger_apply_rates(ud, sr, 1);
     return BH_OK;
 }
 
-int bh_ledger_open(bh_store_t *store, bh_ledger_t **out) {
-    bh_store_visitor_t v;
-    bh_ledger_t *l;
-    int rc;
-
-    if (store == NULL || out == NULL)
-        return BH_EINVAL;
-    *out = NULL;
-    if ((l = calloc(1, sizeof(*l))) == NULL)
+int bh_ledger_open(uv_loop_t *loop, bh_store_t *writer, bh_store_t *reader, bh_ledger_t **out) {
+    bh_ledger_t *l = calloc(1, sizeof *l);
+    if (!l)
         return BH_ENOMEM;
-    if (pthread_mutex_init(&l->mu, NULL) != 0) {
-        free(l);
-        return BH_ENOMEM;
-    }
-    l->store = store;
-    memset(&v, 0, sizeof(v));
-    v.ud = l;
-    v.user = load_user;
-    v.rate = load_rate;
-    if ((rc = bh_store_load(store, &v)) != BH_OK)
-        goto fail;
+    l->loop = loop;
+    l->writer = writer;
+    l->reader = reader;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_mutex_init(&l->qmu, NULL);
+    pthread_cond_init(&l->qcond, NULL);
+    bh_store_visitor_t v = {.ud = l, .user = load_user, .rate = load_rate};
+    int r = bh_store_load(reader, &v);
     /* Exposures need the rates, which the store visits after the users. */
-    for (size_t i = 0; i < l->users.cap; i++) {
-        user_t *u = l->users.slots[i];
-        if (u != NULL && (rc = build_snapshot(l, u, &u->snap)) != BH_OK)
-            goto fail;
+    for (size_t i = 0; r == BH_OK && i < l->users.cap; i++) {
+        bh_user_t *u = l->users.slots[i];
+        if (u)
+            r = build_snapshot(l, u, &u->snap);
+    }
+    if (r == BH_OK)
+        r = bh_commit_start(l);
+    if (r != BH_OK) {
+        if (l->thread_started) {
+            bh_ledger_close(l);
+        } else {
+            if (l->async.loop) { /* handles exist: close them, free when closed */
+                l->closing = 2;
+                uv_close((uv_handle_t *)&l->async, NULL);
+                uv_close((uv_handle_t *)&l->idle, NULL);
+                uv_run(loop, UV_RUN_NOWAIT);
+            }
+            bh_ledger_free(l);
+        }
+        return r;
     }
     *out = l;
     return BH_OK;
-fail:
-    bh_ledger_close(l);
-    return rc;
 }
 
 void bh_ledger_close(bh_ledger_t *l) {
-    if (l == NULL)
-        return;
+    if (l)
+        bh_commit_stop(l);
+}
+
+void bh_ledger_free(bh_ledger_t *l) {
     for (size_t i = 0; i < l->users.cap; i++) {
-        user_t *u = l->users.slots[i];
-        if (u != NULL) {
+        bh_user_t *u = l->users.slots[i];
+        if (u) {
             bh_snapshot_release(u->snap);
             free(u->assets);
             free(u);
@@ -656,8 +802,11 @@ void bh_ledger_close(bh_ledger_t *l) {
     }
     for (size_t i = 0; i < l->rates.cap; i++)
         free(l->rates.slots[i]);
-    free(l->users.slots);
-    free(l->rates.slots);
+    bh_map_free(&l->users);
+    bh_map_free(&l->rates);
+    bh_map_free(&l->ops);
     pthread_mutex_destroy(&l->mu);
+    pthread_mutex_destroy(&l->qmu);
+    pthread_cond_destroy(&l->qcond);
     free(l);
 }

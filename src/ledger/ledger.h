@@ -13,6 +13,8 @@
 #include "../base/decimal.h"
 #include "../store/store.h"
 
+#include <uv.h>
+
 typedef struct {
     char name[BH_ASSET_MAX];
     bh_dec_t available, allocated, current_exposure, max_exposure;
@@ -32,51 +34,86 @@ typedef struct {
     size_t json_len;
 } bh_snapshot_t;
 
+#define BH_OP_MAX_LEGS 32
+
 typedef enum {
-    BH_OP_DEPOSIT,   /* available += amount (amount > 0) */
-    BH_OP_WITHDRAW,  /* available -= amount (amount > 0), limits apply */
-    BH_OP_ALLOCATE,  /* available -> allocated (amount > 0), limits apply */
-    BH_OP_RELEASE,   /* allocated -> available (amount > 0, <= allocated) */
-    BH_OP_SET_LIMIT, /* asset maxExposure = amount (>= 0) */
+    BH_OP_CREATE_USER, /* base_currency, total_max_exposure (has_total) */
+    BH_OP_DEPOSIT,     /* legs[0]: available += amount (> 0) */
+    BH_OP_WITHDRAW,    /* legs[0]: available -= amount (> 0); credit only within limits */
+    BH_OP_ALLOCATE,    /* legs[0]: available -> allocated (> 0, <= available) */
+    BH_OP_RELEASE,     /* legs[0]: allocated -> available (> 0, <= allocated) */
+    BH_OP_TRADE,       /* legs: signed non-zero amounts on distinct assets, applied together */
+    BH_OP_SET_LIMITS,  /* legs: per-asset maxExposure (>= 0); total_max_exposure if has_total */
+    BH_OP_DELETE_USER, /* marks the user deleted; later ops on it are BH_ENOTFOUND */
 } bh_op_kind_t;
 
 typedef struct {
-    bh_op_kind_t kind;
-    char op_id[BH_ID_MAX + 1]; /* caller-chosen; a repeat applies nothing (BH_EEXIST) */
     char asset[BH_ASSET_MAX];
     bh_dec_t amount;
+} bh_leg_t;
+
+typedef struct {
+    bh_op_kind_t kind;
+    char user_id[BH_ID_MAX + 1];
+    char op_id[BH_ID_MAX + 1]; /* caller-chosen; a repeat answers the first result */
+    size_t nlegs;
+    bh_leg_t legs[BH_OP_MAX_LEGS];
+    char base_currency[BH_ASSET_MAX];
+    bool has_total;
+    bh_dec_t total_max_exposure;
 } bh_op_t;
+
+typedef struct {
+    /* BH_OK; BH_EINVAL bad arguments; BH_ENOTFOUND unknown or deleted user; BH_EEXIST user
+     * already exists (create-user with a new op id); BH_EFUNDS; BH_ELIMIT; BH_ESTORE. */
+    int status;
+    const char *reason; /* one line for a failure; valid during the callback */
+    bool repeated;      /* the op id was applied before: result is the first application's */
+    uint64_t sequence;  /* the user's sequence after the op */
+    const char *result; /* on success: {"sequence":N,"data":{...}}; valid during the callback */
+    size_t result_len;
+    const bh_snapshot_t *snap; /* on a fresh success: the published snapshot (borrowed) */
+} bh_op_result_t;
+
+/* Completion of a submitted operation; always called on the loop thread, never from inside
+ * the submitting call. */
+typedef void (*bh_op_cb)(void *ud, const bh_op_result_t *res);
 
 typedef struct bh_ledger bh_ledger_t;
 
-/* Called after every committed change, with the new snapshot (borrowed: acquire to keep). */
+/* Called after every durable change of a user, in sequence order, with the new snapshot
+ * (borrowed: acquire to keep), before the operation's own callback. */
 typedef void (*bh_ledger_listener_t)(void *ud, const bh_snapshot_t *snap);
 
-/* Load every user and rate from the store (the store stays owned by the caller). */
-int bh_ledger_open(bh_store_t *store, bh_ledger_t **out);
+/* Load every user and rate through reader and start the commit thread, which owns writer.
+ * Both handles stay owned by the caller and must be open on the same database. */
+int bh_ledger_open(uv_loop_t *loop, bh_store_t *writer, bh_store_t *reader, bh_ledger_t **out);
+/* Commit what is pending, deliver the last callbacks, stop the commit thread, free. */
 void bh_ledger_close(bh_ledger_t *l);
 void bh_ledger_set_listener(bh_ledger_t *l, bh_ledger_listener_t fn, void *ud);
 
-/* Latest snapshot of a user with a reference taken, or NULL when unknown. */
+/* Latest durable snapshot of a user with a reference taken, or NULL when unknown. Safe from
+ * any thread. */
 bh_snapshot_t *bh_ledger_snapshot(bh_ledger_t *l, const char *user_id);
 bh_snapshot_t *bh_snapshot_acquire(const bh_snapshot_t *s);
 void bh_snapshot_release(bh_snapshot_t *s);
 
-/* Create a user (sequence 1). BH_EEXIST when it exists, BH_EINVAL for a bad id/currency. */
-int bh_ledger_create_user(bh_ledger_t *l, const char *user_id, const char *base_currency,
-                          bh_dec_t total_max_exposure);
-/* Apply one operation atomically and durably. BH_ENOTFOUND unknown user, BH_EINVAL bad
- * arguments, BH_EFUNDS not enough available/allocated, BH_ELIMIT exposure limit, BH_EEXIST
- * repeated op_id (*sequence gets the first application's sequence), BH_ESTORE. On success
- * *sequence (when non-NULL) is the user's new sequence. */
-int bh_ledger_apply(bh_ledger_t *l, const char *user_id, const bh_op_t *op, uint64_t *sequence);
-/* Set the rate of asset in currency (rate > 0); durable; exposures are recomputed lazily on the
- * next change of each user. */
-int bh_ledger_set_rate(bh_ledger_t *l, const char *currency, const char *asset, bh_dec_t rate);
+/* Validate and apply op to the working state at once (so later ops see it), then make it
+ * durable with the next group commit; cb runs after the commit with the result. Rejections,
+ * repeats and store failures also arrive through cb. Returns BH_OK, or BH_ENOMEM (cb not
+ * called). Loop thread only. */
+int bh_ledger_submit(bh_ledger_t *l, const bh_op_t *op, bh_op_cb cb, void *ud);
+/* Set rates of assets in currency (each rate > 0), durably, then cb (status, reason only).
+ * Rates do not change sequences: exposures use them from each user's next change on. */
+int bh_ledger_set_rates(bh_ledger_t *l, const char *currency, const bh_store_rate_t *rates,
+                        size_t n, bh_op_cb cb, void *ud);
 
 /* Exposure of one asset: rate * max(0, -(available + allocated)); rate of the base currency
  * itself is 1. BH_ENOTFOUND when a rate is needed and missing. Exposed for unit tests. */
 int bh_ledger_exposure(const bh_ledger_t *l, const char *base_currency, const bh_asset_t *a,
                        bh_dec_t *out);
+
+/* Name of an op kind as it appears in the journal and the admin API ("deposit", ...). */
+const char *bh_op_name(bh_op_kind_t kind);
 
 #endif

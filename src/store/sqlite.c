@@ -1,6 +1,9 @@
-/* SQLite backend of the store: one connection in WAL mode with synchronous=FULL, so a call that
- * returns BH_OK has reached the disk. Statements are prepared once at open; decimals are kept
- * as their exact text (bh_dec_format), never REAL. A mutex serializes callers. */
+/* SQLite backend of the store: prepared statements, decimals as exact text (never REAL), a
+ * per-handle mutex; a second handle on the same file works concurrently thanks to WAL.
+ * Durability: COMMIT appends the transaction's pages and a commit frame to the -wal file and,
+ * with synchronous=FULL, fsyncs it before returning, so BH_OK survives a crash or power loss
+ * (recovery replays committed frames and drops a torn tail; a checkpoint fsyncs the database
+ * before the WAL is reused). One transaction per commit_batch: one fsync per batch. */
 #include "sqlite.h"
 
 #include <pthread.h>
@@ -14,7 +17,11 @@
 #include "../base/error.h"
 #include "../base/log.h"
 
-#define SCHEMA_VERSION 1
+/* Version 2 added journal.result. Nothing older is deployed, so there is no migration: any
+ * other recorded version is refused. */
+#define SCHEMA_VERSION 2
+#define STR_(x) #x
+#define STR(x) STR_(x)
 #define BUSY_TIMEOUT_MS 5000
 
 enum {
@@ -25,23 +32,27 @@ enum {
     ST_USER_UPSERT,
     ST_ASSET_UPSERT,
     ST_JOURNAL_INSERT,
+    ST_RATE_UPSERT,
+    ST_KEY_UPSERT,
     ST_FIND_OP,
+    ST_JOURNAL_SINCE,
+    ST_USER_ONE,
     ST_USERS_ALL,
     ST_ASSETS_OF,
     ST_RATES_ALL,
     ST_KEYS_ALL,
-    ST_RATE_UPSERT,
-    ST_KEY_UPSERT,
     ST_COUNT
 };
+
+#define USER_COLS "user_id, base_currency, total_max_exposure, sequence, deleted"
 
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_BEGIN_READ] = "BEGIN",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
-    [ST_USER_UPSERT] = "INSERT INTO users(user_id, base_currency, total_max_exposure, sequence, "
-                       "deleted) VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(user_id) DO UPDATE SET "
+    [ST_USER_UPSERT] = "INSERT INTO users(" USER_COLS ") VALUES(?1, ?2, ?3, ?4, ?5) "
+                       "ON CONFLICT(user_id) DO UPDATE SET "
                        "base_currency = excluded.base_currency, total_max_exposure = "
                        "excluded.total_max_exposure, sequence = excluded.sequence, deleted = "
                        "excluded.deleted",
@@ -49,22 +60,26 @@ static const char *const stmt_sql[ST_COUNT] = {
                         "VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(user_id, name) DO UPDATE SET "
                         "available = excluded.available, allocated = excluded.allocated, "
                         "max_exposure = excluded.max_exposure",
-    [ST_JOURNAL_INSERT] = "INSERT INTO journal(user_id, sequence, op_id, op, detail, time_ms) "
-                          "VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
-    [ST_FIND_OP] = "SELECT sequence FROM journal WHERE user_id = ?1 AND op_id = ?2",
-    [ST_USERS_ALL] = "SELECT user_id, base_currency, total_max_exposure, sequence, deleted "
-                     "FROM users ORDER BY user_id",
-    [ST_ASSETS_OF] = "SELECT name, available, allocated, max_exposure FROM assets "
-                     "WHERE user_id = ?1 ORDER BY name",
-    [ST_RATES_ALL] = "SELECT currency, asset, rate FROM rates ORDER BY currency, asset",
-    [ST_KEYS_ALL] = "SELECT key_id, user_id, hash, revoked FROM keys ORDER BY key_id",
+    [ST_JOURNAL_INSERT] = "INSERT INTO journal(user_id, sequence, op_id, op, detail, result, "
+                          "time_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [ST_RATE_UPSERT] = "INSERT INTO rates(currency, asset, rate) VALUES(?1, ?2, ?3) "
                        "ON CONFLICT(currency, asset) DO UPDATE SET rate = excluded.rate",
     [ST_KEY_UPSERT] = "INSERT INTO keys(key_id, user_id, hash, revoked, created_ms) "
                       "VALUES(?1, ?2, ?3, ?4, ?5) "
                       "ON CONFLICT(key_id) DO UPDATE SET revoked = excluded.revoked",
+    [ST_FIND_OP] = "SELECT sequence, result FROM journal WHERE user_id = ?1 AND op_id = ?2",
+    [ST_JOURNAL_SINCE] = "SELECT sequence, op_id, op, detail, result, time_ms FROM journal "
+                         "WHERE user_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
+    [ST_USER_ONE] = "SELECT " USER_COLS " FROM users WHERE user_id = ?1",
+    [ST_USERS_ALL] = "SELECT " USER_COLS " FROM users ORDER BY user_id",
+    [ST_ASSETS_OF] = "SELECT name, available, allocated, max_exposure FROM assets "
+                     "WHERE user_id = ?1 ORDER BY name",
+    [ST_RATES_ALL] = "SELECT currency, asset, rate FROM rates ORDER BY currency, asset",
+    [ST_KEYS_ALL] = "SELECT key_id, user_id, hash, revoked FROM keys ORDER BY key_id",
 };
 
+/* Small keyed rows are WITHOUT ROWID (one b-tree per upsert instead of table + index); the
+ * journal keeps a rowid because its rows carry the result JSON, which can be large. */
 static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS users("
@@ -72,31 +87,32 @@ static const char schema_sql[] =
     " base_currency TEXT NOT NULL,"
     " total_max_exposure TEXT NOT NULL,"
     " sequence INTEGER NOT NULL,"
-    " deleted INTEGER NOT NULL DEFAULT 0);"
+    " deleted INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS assets("
     " user_id TEXT NOT NULL REFERENCES users(user_id),"
     " name TEXT NOT NULL,"
     " available TEXT NOT NULL,"
     " allocated TEXT NOT NULL,"
     " max_exposure TEXT NOT NULL,"
-    " PRIMARY KEY(user_id, name));"
+    " PRIMARY KEY(user_id, name)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS rates("
     " currency TEXT NOT NULL,"
     " asset TEXT NOT NULL,"
     " rate TEXT NOT NULL,"
-    " PRIMARY KEY(currency, asset));"
+    " PRIMARY KEY(currency, asset)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS keys("
     " key_id TEXT PRIMARY KEY NOT NULL,"
     " user_id TEXT NOT NULL,"
     " hash BLOB NOT NULL,"
     " revoked INTEGER NOT NULL DEFAULT 0,"
-    " created_ms INTEGER NOT NULL);"
+    " created_ms INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS journal("
     " user_id TEXT NOT NULL REFERENCES users(user_id),"
     " sequence INTEGER NOT NULL,"
     " op_id TEXT NOT NULL,"
     " op TEXT NOT NULL,"
     " detail TEXT,"
+    " result TEXT,"
     " time_ms INTEGER NOT NULL,"
     " PRIMARY KEY(user_id, sequence),"
     " UNIQUE(user_id, op_id));";
@@ -109,6 +125,13 @@ typedef struct {
 } sq_t;
 
 static const bh_store_ops_t sq_ops;
+
+/* Write transactions of all handles in this process queue here, before SQLite's own write
+ * lock. SQLite's busy handler polls with sleeps of up to 100 ms, so a key write on the reader
+ * handle could starve behind a commit thread that is almost always in a transaction (or the
+ * other way round); a mutex wakes the waiter as soon as the lock is free. The busy timeout
+ * still covers other processes. Lock order: the handle's mu, then write_mu. */
+static pthread_mutex_t write_mu = PTHREAD_MUTEX_INITIALIZER;
 
 __attribute__((format(printf, 3, 4))) static void set_err(char *errmsg, size_t errcap,
                                                           const char *fmt, ...) {
@@ -126,6 +149,8 @@ static int64_t now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Reset and drop the bindings, so no statement keeps a pointer to a caller's (or a stack)
+ * buffer bound with SQLITE_STATIC. */
 static void st_done(sqlite3_stmt *st) {
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -138,11 +163,11 @@ static int st_exec(sqlite3_stmt *st) {
     return rc;
 }
 
+/* Text is bound SQLITE_STATIC (no copy): every buffer bound outlives the step that uses it. */
 static int bind_text(sqlite3_stmt *st, int i, const char *s) {
     return sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
 }
 
-/* Decimals go in as text; the caller's buffer lives until the statement has run. */
 static int bind_dec(sqlite3_stmt *st, int i, bh_dec_t d, char buf[BH_DEC_STRLEN]) {
     size_t n = bh_dec_format(d, buf);
     return sqlite3_bind_text(st, i, buf, (int)n, SQLITE_STATIC);
@@ -217,14 +242,15 @@ static int sq_schema(sqlite3 *db, char *errmsg, size_t errcap) {
         version = sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
     st = NULL;
-    if (version > SCHEMA_VERSION) {
-        set_err(errmsg, errcap, "database schema version %d is newer than supported (%d)", version,
-                SCHEMA_VERSION);
+    if (version != 0 && version != SCHEMA_VERSION) {
+        set_err(errmsg, errcap, "database schema version %d is %s than supported (%d)", version,
+                version > SCHEMA_VERSION ? "newer" : "older", SCHEMA_VERSION);
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return BH_ESTORE;
     }
-    if (version == 0 && sqlite3_exec(db, "INSERT INTO schema_version(version) VALUES(1)", NULL,
-                                     NULL, &err) != SQLITE_OK)
+    if (version == 0 &&
+        sqlite3_exec(db, "INSERT INTO schema_version(version) VALUES(" STR(SCHEMA_VERSION) ")",
+                     NULL, NULL, &err) != SQLITE_OK)
         goto fail;
     if (sqlite3_exec(db, "COMMIT", NULL, NULL, &err) != SQLITE_OK)
         goto fail;
@@ -273,6 +299,11 @@ int bh_sqlite_open(const char *path, bh_store_t **out, char *errmsg, size_t errc
     if (path == NULL || out == NULL)
         return BH_EINVAL;
     *out = NULL;
+    /* Handles live on different threads; a single-thread build of SQLite cannot allow that. */
+    if (!sqlite3_threadsafe()) {
+        set_err(errmsg, errcap, "SQLite library built without thread support");
+        return BH_ESTORE;
+    }
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         return BH_ENOMEM;
@@ -281,7 +312,9 @@ int bh_sqlite_open(const char *path, bh_store_t **out, char *errmsg, size_t errc
         free(s);
         return BH_ENOMEM;
     }
-    rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    /* NOMUTEX: s->mu already serializes every use of this connection. */
+    rc = sqlite3_open_v2(path, &s->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         set_err(errmsg, errcap, "cannot open SQLite database %s: %s", path,
                 s->db != NULL ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
@@ -289,6 +322,7 @@ int bh_sqlite_open(const char *path, bh_store_t **out, char *errmsg, size_t errc
         goto fail;
     }
     sqlite3_extended_result_codes(s->db, 1);
+    /* The other handle may hold the write lock (a commit, a checkpoint): wait, don't fail. */
     sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
     if ((rc = sq_pragmas(s->db, path, errmsg, errcap)) != BH_OK)
         goto fail;
@@ -309,9 +343,10 @@ fail:
     return rc;
 }
 
-/* Visit one user: its assets are gathered first so the visitor sees them all at once. */
-static int load_user(sq_t *s, const bh_store_visitor_t *v, sqlite3_stmt *ust,
-                     bh_store_asset_t **assets, size_t *cap) {
+/* Visit the user of the current row of ust: its assets are gathered first so the visitor sees
+ * them all at once. *assets grows as needed and is reused across users. */
+static int visit_user(sq_t *s, const bh_store_visitor_t *v, sqlite3_stmt *ust,
+                      bh_store_asset_t **assets, size_t *cap) {
     sqlite3_stmt *ast = s->st[ST_ASSETS_OF];
     bh_store_user_t u;
     size_t n = 0;
@@ -352,7 +387,7 @@ static int load_user(sq_t *s, const bh_store_visitor_t *v, sqlite3_stmt *ust,
     st_done(ast);
     if (rc != SQLITE_DONE)
         return BH_ESTORE;
-    return v->user(v->ud, &u, *assets, n);
+    return v->user != NULL ? v->user(v->ud, &u, *assets, n) : BH_OK;
 }
 
 static int load_users(sq_t *s, const bh_store_visitor_t *v) {
@@ -362,7 +397,7 @@ static int load_users(sq_t *s, const bh_store_visitor_t *v) {
     int rc, ret = BH_OK;
 
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if ((ret = load_user(s, v, st, &assets, &cap)) != BH_OK)
+        if ((ret = visit_user(s, v, st, &assets, &cap)) != BH_OK)
             break;
     }
     if (ret == BH_OK && rc != SQLITE_DONE) {
@@ -423,7 +458,8 @@ static int load_keys(sq_t *s, const bh_store_visitor_t *v) {
     return ret;
 }
 
-/* The visitor must not call back into the store: the store's mutex is held. */
+/* Visitor and journal callbacks run with the handle's mutex held: they must not call back
+ * into the same handle. */
 static int sq_load(bh_store_t *base, const bh_store_visitor_t *v) {
     sq_t *s = (sq_t *)base;
     int rc = BH_OK;
@@ -446,71 +482,131 @@ static int sq_load(bh_store_t *base, const bh_store_visitor_t *v) {
     return rc;
 }
 
-static int sq_commit_user(bh_store_t *base, const bh_store_user_t *u,
-                          const bh_store_asset_t *assets, size_t n, const bh_store_journal_t *j) {
+static int sq_load_user(bh_store_t *base, const char *user_id, const bh_store_visitor_t *v) {
     sq_t *s = (sq_t *)base;
+    sqlite3_stmt *st = s->st[ST_USER_ONE];
+    bh_store_asset_t *assets = NULL;
+    size_t cap = 0;
+    int rc, ret;
+
+    pthread_mutex_lock(&s->mu);
+    /* The user row and its asset rows from one snapshot, not across a concurrent commit. */
+    if (st_exec(s->st[ST_BEGIN_READ]) != SQLITE_DONE) {
+        log_fail(s, "load_user");
+        pthread_mutex_unlock(&s->mu);
+        return BH_ESTORE;
+    }
+    bind_text(st, 1, user_id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        ret = visit_user(s, v, st, &assets, &cap);
+    } else if (rc == SQLITE_DONE) {
+        ret = BH_ENOTFOUND;
+    } else {
+        log_fail(s, "load_user");
+        ret = BH_ESTORE;
+    }
+    st_done(st);
+    st_exec(s->st[ST_ROLLBACK]);
+    pthread_mutex_unlock(&s->mu);
+    free(assets);
+    return ret;
+}
+
+/* Write one change inside the open transaction. The decimal texts live in this frame until
+ * each step has run; st_exec drops the bindings before they go out of scope. */
+static int put_change(sq_t *s, const bh_store_change_t *c) {
     char d1[BH_DEC_STRLEN], d2[BH_DEC_STRLEN], d3[BH_DEC_STRLEN];
     sqlite3_stmt *st;
-    int rc, ret = BH_ESTORE;
+    int rc;
 
-    if (strcmp(u->user_id, j->user_id) != 0 || u->sequence > INT64_MAX || j->sequence > INT64_MAX)
-        return BH_EINVAL;
+    if (c->user != NULL) {
+        const bh_store_user_t *u = c->user;
+        st = s->st[ST_USER_UPSERT];
+        bind_text(st, 1, u->user_id);
+        bind_text(st, 2, u->base_currency);
+        bind_dec(st, 3, u->total_max_exposure, d1);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)u->sequence);
+        sqlite3_bind_int(st, 5, u->deleted ? 1 : 0);
+        if (st_exec(st) != SQLITE_DONE)
+            return BH_ESTORE;
+
+        st = s->st[ST_ASSET_UPSERT];
+        for (size_t i = 0; i < c->nassets; i++) {
+            const bh_store_asset_t *a = &c->assets[i];
+            bind_text(st, 1, u->user_id);
+            bind_text(st, 2, a->name);
+            bind_dec(st, 3, a->available, d1);
+            bind_dec(st, 4, a->allocated, d2);
+            bind_dec(st, 5, a->max_exposure, d3);
+            if (st_exec(st) != SQLITE_DONE)
+                return BH_ESTORE;
+        }
+    }
+
+    if (c->journal != NULL) {
+        const bh_store_journal_t *j = c->journal;
+        st = s->st[ST_JOURNAL_INSERT];
+        bind_text(st, 1, j->user_id);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)j->sequence);
+        bind_text(st, 3, j->op_id);
+        bind_text(st, 4, j->op);
+        if (j->detail != NULL)
+            bind_text(st, 5, j->detail);
+        if (j->result != NULL)
+            bind_text(st, 6, j->result);
+        sqlite3_bind_int64(st, 7, j->time_ms);
+        rc = st_exec(st);
+        /* The journal's only UNIQUE constraint besides its primary key (which reports
+         * SQLITE_CONSTRAINT_PRIMARYKEY): a repeated op id of that user. */
+        if (rc == SQLITE_CONSTRAINT_UNIQUE)
+            return BH_EEXIST;
+        if (rc != SQLITE_DONE)
+            return BH_ESTORE;
+    }
+
+    st = s->st[ST_RATE_UPSERT];
+    for (size_t i = 0; i < c->nrates; i++) {
+        bind_text(st, 1, c->rates[i].currency);
+        bind_text(st, 2, c->rates[i].asset);
+        bind_dec(st, 3, c->rates[i].rate, d1);
+        if (st_exec(st) != SQLITE_DONE)
+            return BH_ESTORE;
+    }
+    return BH_OK;
+}
+
+static int sq_commit_batch(bh_store_t *base, const bh_store_change_t *changes, size_t n) {
+    sq_t *s = (sq_t *)base;
+    int ret = BH_ESTORE;
+
     pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&write_mu);
     if (st_exec(s->st[ST_BEGIN]) != SQLITE_DONE)
         goto fail;
-
-    st = s->st[ST_USER_UPSERT];
-    bind_text(st, 1, u->user_id);
-    bind_text(st, 2, u->base_currency);
-    bind_dec(st, 3, u->total_max_exposure, d1);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64)u->sequence);
-    sqlite3_bind_int(st, 5, u->deleted ? 1 : 0);
-    if (st_exec(st) != SQLITE_DONE)
-        goto fail;
-
-    st = s->st[ST_ASSET_UPSERT];
     for (size_t i = 0; i < n; i++) {
-        bind_text(st, 1, u->user_id);
-        bind_text(st, 2, assets[i].name);
-        bind_dec(st, 3, assets[i].available, d1);
-        bind_dec(st, 4, assets[i].allocated, d2);
-        bind_dec(st, 5, assets[i].max_exposure, d3);
-        if (st_exec(st) != SQLITE_DONE)
+        if ((ret = put_change(s, &changes[i])) != BH_OK)
             goto fail;
     }
-
-    st = s->st[ST_JOURNAL_INSERT];
-    bind_text(st, 1, j->user_id);
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)j->sequence);
-    bind_text(st, 3, j->op_id);
-    bind_text(st, 4, j->op);
-    if (j->detail != NULL)
-        bind_text(st, 5, j->detail);
-    sqlite3_bind_int64(st, 6, j->time_ms);
-    rc = st_exec(st);
-    if (rc == SQLITE_CONSTRAINT_UNIQUE) {
-        /* The only UNIQUE constraint of the journal besides its primary key: a repeated op id. */
-        ret = BH_EEXIST;
-        goto fail;
-    }
-    if (rc != SQLITE_DONE)
-        goto fail;
-
+    ret = BH_ESTORE;
     if (st_exec(s->st[ST_COMMIT]) != SQLITE_DONE)
         goto fail;
+    pthread_mutex_unlock(&write_mu);
     pthread_mutex_unlock(&s->mu);
     return BH_OK;
 fail:
     if (ret == BH_ESTORE)
         log_fail(s, "commit");
+    /* A failed COMMIT may already have rolled back; otherwise undo the whole batch. */
     if (!sqlite3_get_autocommit(s->db))
         st_exec(s->st[ST_ROLLBACK]);
+    pthread_mutex_unlock(&write_mu);
     pthread_mutex_unlock(&s->mu);
     return ret;
 }
 
-static int sq_find_op(bh_store_t *base, const char *user_id, const char *op_id,
-                      uint64_t *sequence) {
+static int sq_find_op(bh_store_t *base, const char *user_id, const char *op_id, uint64_t *sequence,
+                      bh_buf_t *result) {
     sq_t *s = (sq_t *)base;
     sqlite3_stmt *st = s->st[ST_FIND_OP];
     uint64_t seq = 0;
@@ -520,14 +616,21 @@ static int sq_find_op(bh_store_t *base, const char *user_id, const char *op_id,
     bind_text(st, 1, user_id);
     bind_text(st, 2, op_id);
     rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
+    if (rc == SQLITE_ROW) {
         ret = col_u64(st, 0, &seq);
-    else if (rc == SQLITE_DONE)
+        if (ret != BH_OK) {
+            corrupt("journal");
+        } else if (result != NULL) {
+            const unsigned char *p = sqlite3_column_text(st, 1);
+            if (p != NULL)
+                ret = bh_buf_append(result, p, (size_t)sqlite3_column_bytes(st, 1));
+        }
+    } else if (rc == SQLITE_DONE) {
         ret = BH_ENOTFOUND;
-    else
-        ret = BH_ESTORE;
-    if (ret == BH_ESTORE)
+    } else {
         log_fail(s, "find_op");
+        ret = BH_ESTORE;
+    }
     st_done(st);
     pthread_mutex_unlock(&s->mu);
     if (ret == BH_OK && sequence != NULL)
@@ -535,21 +638,49 @@ static int sq_find_op(bh_store_t *base, const char *user_id, const char *op_id,
     return ret;
 }
 
-static int sq_put_rate(bh_store_t *base, const bh_store_rate_t *r) {
+/* Fill j from the current row of ST_JOURNAL_SINCE; detail and result point into SQLite's row
+ * memory, valid until the next step. */
+static int journal_row(sqlite3_stmt *st, bh_store_journal_t *j) {
+    if (col_u64(st, 0, &j->sequence) != BH_OK ||
+        col_str(st, 1, j->op_id, sizeof(j->op_id)) != BH_OK ||
+        col_str(st, 2, j->op, sizeof(j->op)) != BH_OK ||
+        sqlite3_column_type(st, 5) != SQLITE_INTEGER)
+        return corrupt("journal");
+    j->detail = (const char *)sqlite3_column_text(st, 3);
+    j->result = (const char *)sqlite3_column_text(st, 4);
+    j->time_ms = sqlite3_column_int64(st, 5);
+    return BH_OK;
+}
+
+static int sq_read_journal(bh_store_t *base, const char *user_id, uint64_t since, size_t limit,
+                           bh_store_journal_fn fn, void *ud) {
     sq_t *s = (sq_t *)base;
-    sqlite3_stmt *st = s->st[ST_RATE_UPSERT];
-    char d[BH_DEC_STRLEN];
-    int rc;
+    sqlite3_stmt *st = s->st[ST_JOURNAL_SINCE];
+    bh_store_journal_t j;
+    size_t idlen = strlen(user_id);
+    int rc, ret = BH_OK;
+
+    /* Stored sequences fit int64 and stored ids BH_ID_MAX bytes: nothing else can match. */
+    if (limit == 0 || since >= (uint64_t)INT64_MAX || idlen > BH_ID_MAX)
+        return BH_OK;
+    memset(&j, 0, sizeof(j));
+    memcpy(j.user_id, user_id, idlen + 1);
 
     pthread_mutex_lock(&s->mu);
-    bind_text(st, 1, r->currency);
-    bind_text(st, 2, r->asset);
-    bind_dec(st, 3, r->rate, d);
-    rc = st_exec(st);
-    if (rc != SQLITE_DONE)
-        log_fail(s, "put_rate");
+    bind_text(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)since);
+    sqlite3_bind_int64(st, 3, limit > (size_t)INT64_MAX ? INT64_MAX : (sqlite3_int64)limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if ((ret = journal_row(st, &j)) != BH_OK || (ret = fn(ud, &j)) != 0)
+            break;
+    }
+    if (ret == BH_OK && rc != SQLITE_DONE) {
+        log_fail(s, "read_journal");
+        ret = BH_ESTORE;
+    }
+    st_done(st);
     pthread_mutex_unlock(&s->mu);
-    return rc == SQLITE_DONE ? BH_OK : BH_ESTORE;
+    return ret;
 }
 
 static int sq_put_key(bh_store_t *base, const bh_store_key_t *k) {
@@ -563,7 +694,9 @@ static int sq_put_key(bh_store_t *base, const bh_store_key_t *k) {
     sqlite3_bind_blob(st, 3, k->hash, (int)sizeof(k->hash), SQLITE_STATIC);
     sqlite3_bind_int(st, 4, k->revoked ? 1 : 0);
     sqlite3_bind_int64(st, 5, now_ms());
+    pthread_mutex_lock(&write_mu);
     rc = st_exec(st);
+    pthread_mutex_unlock(&write_mu);
     if (rc != SQLITE_DONE)
         log_fail(s, "put_key");
     pthread_mutex_unlock(&s->mu);
@@ -574,8 +707,9 @@ static const bh_store_ops_t sq_ops = {
     .name = "sqlite",
     .close = sq_close,
     .load = sq_load,
-    .commit_user = sq_commit_user,
+    .commit_batch = sq_commit_batch,
     .find_op = sq_find_op,
-    .put_rate = sq_put_rate,
+    .read_journal = sq_read_journal,
+    .load_user = sq_load_user,
     .put_key = sq_put_key,
 };

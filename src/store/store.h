@@ -1,6 +1,8 @@
 /* Durable storage behind a small function table (SQLite now, PostgreSQL later). The ledger is
  * the only writer of balances; the store knows rows, not rules. Every write is one transaction
- * that is durable (synchronous commit) when the call returns BH_OK. */
+ * that is durable (synchronous commit) when the call returns BH_OK. A store handle is used by
+ * one thread at a time; open a second handle on the same URL for concurrent readers (WAL lets
+ * them read while the writer commits). */
 #ifndef BH_STORE_STORE_H
 #define BH_STORE_STORE_H
 
@@ -8,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../base/buf.h"
 #include "../base/decimal.h"
 
 #define BH_ID_MAX 64    /* user ids, key ids, op ids: at most 64 bytes */
@@ -38,6 +41,7 @@ typedef struct {
     char op_id[BH_ID_MAX + 1];
     char op[24];        /* "create-user", "deposit", ... */
     const char *detail; /* JSON object text with the operation's arguments */
+    const char *result; /* JSON text of the operation's answer: {"sequence":N,"data":{...}} */
     int64_t time_ms;    /* Unix time in milliseconds */
 } bh_store_journal_t;
 
@@ -56,16 +60,32 @@ typedef struct {
     int (*key)(void *ud, const bh_store_key_t *k);
 } bh_store_visitor_t;
 
+/* One committed change: a user's row, the asset rows it changed and its journal entry; or a
+ * set of rates (user NULL). */
+typedef struct {
+    const bh_store_user_t *user;
+    const bh_store_asset_t *assets;
+    size_t nassets;
+    const bh_store_journal_t *journal; /* NULL when the change has none */
+    const bh_store_rate_t *rates;
+    size_t nrates;
+} bh_store_change_t;
+
+/* Called for each journal entry read back (strings valid during the call only). */
+typedef int (*bh_store_journal_fn)(void *ud, const bh_store_journal_t *j);
+
 typedef struct bh_store bh_store_t;
 
 typedef struct {
     const char *name;
     void (*close)(bh_store_t *s);
     int (*load)(bh_store_t *s, const bh_store_visitor_t *v);
-    int (*commit_user)(bh_store_t *s, const bh_store_user_t *u, const bh_store_asset_t *assets,
-                       size_t n, const bh_store_journal_t *j);
-    int (*find_op)(bh_store_t *s, const char *user_id, const char *op_id, uint64_t *sequence);
-    int (*put_rate)(bh_store_t *s, const bh_store_rate_t *r);
+    int (*commit_batch)(bh_store_t *s, const bh_store_change_t *changes, size_t n);
+    int (*find_op)(bh_store_t *s, const char *user_id, const char *op_id, uint64_t *sequence,
+                   bh_buf_t *result);
+    int (*read_journal)(bh_store_t *s, const char *user_id, uint64_t since, size_t limit,
+                        bh_store_journal_fn fn, void *ud);
+    int (*load_user)(bh_store_t *s, const char *user_id, const bh_store_visitor_t *v);
     int (*put_key)(bh_store_t *s, const bh_store_key_t *k);
 } bh_store_ops_t;
 
@@ -82,13 +102,20 @@ int bh_store_open(const char *url, bh_store_t **out, char *errmsg, size_t errcap
 void bh_store_close(bh_store_t *s);
 /* Visit every user (with all its assets, sorted by name), every rate and every key. */
 int bh_store_load(bh_store_t *s, const bh_store_visitor_t *v);
-/* Upsert the user row and the given asset rows and append the journal entry, atomically.
- * BH_EEXIST when (user_id, op_id) is already in the journal; nothing is written then. */
-int bh_store_commit_user(bh_store_t *s, const bh_store_user_t *u, const bh_store_asset_t *assets,
-                         size_t n, const bh_store_journal_t *j);
-/* Sequence of the journal entry with that op id: BH_OK or BH_ENOTFOUND. */
-int bh_store_find_op(bh_store_t *s, const char *user_id, const char *op_id, uint64_t *sequence);
-int bh_store_put_rate(bh_store_t *s, const bh_store_rate_t *r);
+/* Apply every change in one transaction with one durable commit (group commit): upsert each
+ * user row and its asset rows, append each journal entry, upsert each rate. All or nothing:
+ * BH_EEXIST when a (user_id, op_id) is already journaled, BH_ESTORE on any other failure;
+ * nothing is written then. */
+int bh_store_commit_batch(bh_store_t *s, const bh_store_change_t *changes, size_t n);
+/* Journal entry of an op id: BH_OK with *sequence and, when result is non-NULL, the stored
+ * result JSON appended to it; BH_ENOTFOUND when absent. */
+int bh_store_find_op(bh_store_t *s, const char *user_id, const char *op_id, uint64_t *sequence,
+                     bh_buf_t *result);
+/* Visit a user's journal entries with sequence > since, ascending, at most limit of them. */
+int bh_store_read_journal(bh_store_t *s, const char *user_id, uint64_t since, size_t limit,
+                          bh_store_journal_fn fn, void *ud);
+/* Visit one user (as bh_store_load does): BH_ENOTFOUND when absent. */
+int bh_store_load_user(bh_store_t *s, const char *user_id, const bh_store_visitor_t *v);
 /* Insert or update (revoked flag) a key row. */
 int bh_store_put_key(bh_store_t *s, const bh_store_key_t *k);
 

@@ -53,7 +53,8 @@ export function removeTempDir(dir) {
 // ---------------------------------------------------------------------------------------------
 // offline admin CLI
 
-// Runs `balancehub admin --data DIR ARGS...`; returns trimmed stdout, throws with stderr on failure.
+// Runs the offline admin CLI, `balancehub admin --data DIR ARGS...` (the server must not be
+// running on DIR); returns the trimmed stdout (one JSON line), throws with stderr on failure.
 export function admin(dataDir, ...args) {
   const argv = ['admin', '--data', dataDir, ...args];
   try {
@@ -72,6 +73,11 @@ export function admin(dataDir, ...args) {
   }
 }
 
+// admin(), parsed: every admin command prints one JSON value.
+export function adminJson(dataDir, ...args) {
+  return JSON.parse(admin(dataDir, ...args));
+}
+
 // ---------------------------------------------------------------------------------------------
 // the server
 
@@ -79,12 +85,18 @@ const READY_RE = /listening on (http:\/\/127\.0\.0\.1:(\d+))/;
 
 // Starts `balancehub serve --listen 127.0.0.1:0 --data DIR [--demo] EXTRA...` and waits for its
 // "listening on" line. Returns {url, hubUrl, port, apiKey, dataDir, proc, connect(), stop(), ...}.
-export async function startServer({ dataDir, demo = true, extraArgs = [], ownDataDir } = {}) {
+// env: variables to set (a value of undefined removes one) on top of this process's environment.
+export async function startServer({ dataDir, demo = true, extraArgs = [], ownDataDir, env } = {}) {
   const bin = binPath();
   const dir = dataDir ?? makeTempDir();
   const removeDir = ownDataDir ?? dataDir === undefined;
   const args = ['serve', '--listen', '127.0.0.1:0', '--data', dir, ...(demo ? ['--demo'] : []), ...extraArgs];
-  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const childEnv = { ...process.env };
+  for (const [k, v] of Object.entries(env ?? {})) {
+    if (v === undefined) delete childEnv[k];
+    else childEnv[k] = v;
+  }
+  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv });
   let stdout = '';
   let stderr = '';
   let exit = null; // {code, signal} once exited

@@ -18,6 +18,7 @@ import {
 let dir;
 let server;
 const keys = { alice: [], bob: [] };
+const created = { alice: [], bob: [] }; // create-key's stdout lines
 const ex = (fn) => explained(() => server, fn);
 
 before(async () => {
@@ -26,9 +27,10 @@ before(async () => {
   admin(dir, 'create-user', 'bob', '--base-currency', 'USD', '--total-max-exposure', '2000');
   admin(dir, 'deposit', 'alice', 'BTC', '1');
   admin(dir, 'deposit', 'bob', 'ETH', '2.5');
-  admin(dir, 'set-limit', 'alice', 'BTC', '500');
+  admin(dir, 'set-limits', 'alice', 'BTC=500');
   for (const user of ['alice', 'bob']) {
-    for (let i = 0; i < 2; i++) keys[user].push(admin(dir, 'create-key', user));
+    for (let i = 0; i < 2; i++) created[user].push(admin(dir, 'create-key', user));
+    keys[user] = created[user].map((line) => JSON.parse(line).apiKey);
   }
   server = await startServer({ dataDir: dir, demo: true, ownDataDir: true });
 });
@@ -38,12 +40,17 @@ after(async () => {
   else removeTempDir(dir);
 });
 
-test('create-key prints one distinct key per call, on a single stdout line', ex(async () => {
-  const all = [...keys.alice, ...keys.bob];
-  for (const k of all) {
-    assert.ok(k.length >= 32, `key long enough: ${JSON.stringify(k)}`);
-    assert.doesNotMatch(k, /\s/, `key is one line without blanks: ${JSON.stringify(k)}`);
+test('create-key prints {"keyId","apiKey"} on one stdout line, a distinct key per call', ex(async () => {
+  const lines = [...created.alice, ...created.bob];
+  for (const line of lines) {
+    assert.doesNotMatch(line, /\n/, `one line: ${JSON.stringify(line)}`);
+    const k = JSON.parse(line);
+    assert.deepEqual(Object.keys(k), ['keyId', 'apiKey'], line);
+    assert.match(k.keyId, /^[0-9a-f]{16}$/, line);
+    assert.match(k.apiKey, /^bh_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/, line);
+    assert.equal(k.apiKey.slice(3, 19), k.keyId, 'the key carries its id');
   }
+  const all = [...keys.alice, ...keys.bob];
   assert.equal(new Set(all).size, 4, 'four different keys');
   assert.ok(!all.includes(server.apiKey), 'the demo key is another key');
 }));
