@@ -4,7 +4,7 @@
 BUILD ?= build
 SAN ?=
 CC ?= cc
-PKGS := libuv openssl sqlite3
+PKGS := libuv openssl sqlite3 libcurl
 WARN := -Wall -Wextra -Werror -Wmissing-prototypes -Wshadow -Wno-unused-parameter
 CFLAGS ?= -O2 -g
 ifeq ($(SAN),1)
@@ -57,7 +57,15 @@ unit: $(TEST_BIN)
 NODE_TEST := node --test $(shell node -e 'if (+process.versions.node.split(".")[0] >= 20) console.log("--test-concurrency=1")' 2>/dev/null)
 
 interop: $(BIN)
-	BALANCEHUB_BIN=$(abspath $(BIN)) $(NODE_TEST) tests/interop/*.test.mjs
+	BALANCEHUB_BIN=$(abspath $(BIN)) $(NODE_TEST) tests/interop/*.test.mjs tests/system/*.test.mjs
+
+$(BUILD)/bench/ledger_bench: bench/ledger_bench.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< -lpthread
+
+# Durable ledger ops/s and update fan-out latency against a release server: bench/report.md.
+bench: $(BIN) $(BUILD)/bench/ledger_bench
+	BALANCEHUB_BIN=$(abspath $(BIN)) LEDGER_BENCH=$(abspath $(BUILD)/bench/ledger_bench) bench/run
 
 # The whole suite, then the whole suite again under ASan + UBSan.
 test: deps

@@ -197,7 +197,8 @@ int bh_http_respond(bh_http_conn_t *hc, int status, const char *ctype, const cha
     bh_buf_t *b = &hc->srv->scratch;
     bh_buf_reset(b);
     hc->responded = 1;
-    int keep = hc->keep_alive && !hc->closing && status < 400;
+    /* Answers keep the connection; framing errors close it (bh_http_respond_error). */
+    int keep = hc->keep_alive && !hc->closing;
     if (!keep)
         hc->keep_alive = 0;
     int r = bh_http_write_response(b, status, ctype, extra, body, len, keep);
