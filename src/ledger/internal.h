@@ -45,8 +45,8 @@ typedef struct bh_waiter {
 typedef struct bh_change {
     char opkey[BH_OPKEY_MAX]; /* first member: "user\x1fop" in the pending-op map */
     struct bh_change *next;
-    bh_user_t *user;         /* NULL for rates and for ready results */
-    bh_store_user_t row;     /* the user row after the change */
+    bh_user_t *user;          /* NULL for rates and for ready results */
+    bh_store_user_t row;      /* the user row after the change */
     bh_store_asset_t *assets; /* the asset rows it changed */
     size_t nassets;
     bh_store_journal_t journal;
