@@ -14,10 +14,18 @@
 
 #define BH_ADMIN_JSON_DEPTH 8
 
+struct evp_md_st;
+struct evp_md_ctx_st;
+
 struct bh_admin {
     bh_admin_config_t cfg; /* cfg.token is cleared: only its hash is kept */
     bool enabled;          /* a token is configured */
     uint8_t token_hash[32];
+    /* SHA-256 fetched once and a reusable context for the per-request token hash (a one-shot
+     * EVP_Digest looks the algorithm up by name and allocates a context every time); NULL
+     * when unavailable, then bh_auth_key_hash is used. */
+    struct evp_md_st *sha256;
+    struct evp_md_ctx_st *md_ctx;
 };
 
 /* Where one request's answer goes. */

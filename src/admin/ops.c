@@ -198,6 +198,13 @@ static void submit(bh_admin_t *a, const bh_admin_reply_t *r, const bh_op_t *op, 
     }
 }
 
+/* The routes pass a user id the router validated (at most BH_ID_MAX bytes). */
+static void copy_id(char dst[BH_ID_MAX + 1], const char *user) {
+    size_t n = strnlen(user, BH_ID_MAX);
+    memcpy(dst, user, n);
+    dst[n] = '\0';
+}
+
 /* ---- routes -----------------------------------------------------------------------------------
  */
 
@@ -243,7 +250,7 @@ void bh_admin_delete_user(bh_admin_t *a, const bh_admin_reply_t *r, const char *
     o = doc ? bh_json_root(doc) : NULL;
     memset(&op, 0, sizeof op);
     op.kind = BH_OP_DELETE_USER;
-    snprintf(op.user_id, sizeof op.user_id, "%s", user);
+    copy_id(op.user_id, user);
     if (bh_admin_check_fields(r, o, allowed) == BH_OK &&
         get_op_id(r, o, false, "delete-user", op.op_id) == BH_OK)
         submit(a, r, &op, ANSWER_DATA, 200);
@@ -351,7 +358,7 @@ void bh_admin_post_op(bh_admin_t *a, const bh_admin_reply_t *r, const char *user
     }
     memset(&op, 0, sizeof op);
     op.kind = kinds[k].kind;
-    snprintf(op.user_id, sizeof op.user_id, "%s", user);
+    copy_id(op.user_id, user);
     if (bh_admin_check_fields(r, o, kinds[k].fields) < 0 ||
         get_op_id(r, o, true, NULL, op.op_id) < 0)
         goto done;

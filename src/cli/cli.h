@@ -39,5 +39,8 @@ void bh_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 int bh_cli_serve(int argc, char **argv);
 int bh_cli_admin(int argc, char **argv);
+/* balancehub balances / watch (balances.c): the client library on the command line. */
+int bh_cli_balances(int argc, char **argv);
+int bh_cli_watch(int argc, char **argv);
 
 #endif

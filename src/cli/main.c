@@ -14,7 +14,9 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  serve    run the SignalR balance server (balancehub serve --help)\n"
-    "  admin    administer users, balances and API keys (balancehub admin --help)\n";
+    "  admin    administer users, balances and API keys (balancehub admin --help)\n"
+    "  balances print the balances of an API key's user (balancehub balances --help)\n"
+    "  watch    follow live balance updates (balancehub watch --help)\n";
 
 void bh_cli_error(const char *fmt, ...) {
     va_list ap;
@@ -94,6 +96,10 @@ int main(int argc, char **argv) {
         return bh_cli_serve(argc - 1, argv + 1);
     if (strcmp(cmd, "admin") == 0)
         return bh_cli_admin(argc - 1, argv + 1);
+    if (strcmp(cmd, "balances") == 0)
+        return bh_cli_balances(argc - 1, argv + 1);
+    if (strcmp(cmd, "watch") == 0)
+        return bh_cli_watch(argc - 1, argv + 1);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         fputs(usage, stdout);
         return BH_EXIT_OK;

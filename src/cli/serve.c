@@ -15,6 +15,7 @@
 #include "../base/log.h"
 #include "../admin/admin.h"
 #include "../http/server.h"
+#include "../http/static.h"
 #include "../hub/hub.h"
 #include "../signalr/signalr.h"
 #include "cli.h"
@@ -39,6 +40,9 @@ static const char serve_usage[] =
     "\n"
     "  --listen HOST:PORT       address to listen on (default 127.0.0.1:5000,\n"
     "                           env BALANCEHUB_LISTEN; port 0 picks a free one)\n"
+    "  --tls-cert FILE          serve https/wss with this PEM certificate (leaf first,\n"
+    "                           then its chain); needs --tls-key (env BALANCEHUB_TLS_CERT)\n"
+    "  --tls-key FILE           PEM private key of --tls-cert (env BALANCEHUB_TLS_KEY)\n"
     "  --data DIR               data directory (default ./data)\n"
     "  --store URL              store: sqlite:PATH (default sqlite:DIR/balancehub.db)\n"
     "  --demo                   create the demo user user-123 and its API key if absent;\n"
@@ -50,6 +54,14 @@ static const char serve_usage[] =
     "  --client-timeout-ms N    close connections silent this long (default 30000)\n"
     "  --handshake-timeout-ms N SignalR handshake deadline (default 15000)\n"
     "  --max-message BYTES      largest inbound hub message (default 32768)\n"
+    "  --cors-origins LIST      browser origins allowed from other sites, comma-separated,\n"
+    "                           or * for any (default: same origin only)\n"
+    "  --lp-poll-timeout-ms N   Long Polling: answer a poll without data after this\n"
+    "                           (default 90000)\n"
+    "  --reconnect-window-ms N  stateful reconnect: keep a dropped WebSocket's session this\n"
+    "                           long (default 30000; 0 turns stateful reconnect off)\n"
+    "  --replay-buffer BYTES    stateful reconnect: unacknowledged bytes kept per connection\n"
+    "                           (default 1048576)\n"
     "  -h, --help               this help\n";
 
 static void on_http(void *ud, bh_http_conn_t *hc, const bh_http_request_t *req, const char *body,
@@ -67,6 +79,8 @@ static void on_http(void *ud, bh_http_conn_t *hc, const bh_http_request_t *req, 
         return;
     if (bh_admin_handle_http(srv->admin, hc, req, body, len))
         return;
+    if (bh_static_handle(hc, req))
+        return;
     bh_http_respond_error(hc, 404, "not found");
 }
 
@@ -75,6 +89,7 @@ static void on_grace(uv_timer_t *t) {
     /* Commit and answer what is pending while the connections are still open. */
     bh_ledger_close(srv->st.ledger);
     srv->st.ledger = NULL;
+    bh_sr_server_shutdown(srv->sr); /* what did not drain in time */
     bh_httpd_close_all(srv->httpd);
     uv_close((uv_handle_t *)&srv->grace, NULL);
 }
@@ -222,9 +237,20 @@ static int read_token(const char *file, char *out, size_t cap) {
     return BH_OK;
 }
 
+enum { OPT_TLS_CERT = 0x100, OPT_TLS_KEY };
+enum { OPT_CORS = 0x200, OPT_LP_POLL, OPT_RECONNECT, OPT_REPLAY };
+
+/* An environment variable as an option default; empty counts as unset. */
+static const char *env_opt(const char *name) {
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
 int bh_cli_serve(int argc, char **argv) {
     static const struct option opts[] = {
         {"listen", required_argument, 0, 'l'},
+        {"tls-cert", required_argument, 0, OPT_TLS_CERT},
+        {"tls-key", required_argument, 0, OPT_TLS_KEY},
         {"data", required_argument, 0, 'd'},
         {"store", required_argument, 0, 's'},
         {"demo", no_argument, 0, 'D'},
@@ -234,6 +260,10 @@ int bh_cli_serve(int argc, char **argv) {
         {"handshake-timeout-ms", required_argument, 0, 'H'},
         {"max-message", required_argument, 0, 'm'},
         {"admin-token-file", required_argument, 0, 'A'},
+        {"cors-origins", required_argument, 0, OPT_CORS},
+        {"lp-poll-timeout-ms", required_argument, 0, OPT_LP_POLL},
+        {"reconnect-window-ms", required_argument, 0, OPT_RECONNECT},
+        {"replay-buffer", required_argument, 0, OPT_REPLAY},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -247,6 +277,7 @@ int bh_cli_serve(int argc, char **argv) {
         .max_message = 32768,
     };
     const char *token_file = NULL;
+    const char *tls_cert = env_opt("BALANCEHUB_TLS_CERT"), *tls_key = env_opt("BALANCEHUB_TLS_KEY");
     int demo = 0, c;
     uint64_t v;
     if (!listen || !*listen)
@@ -256,6 +287,12 @@ int bh_cli_serve(int argc, char **argv) {
         switch (c) {
         case 'l':
             listen = optarg;
+            break;
+        case OPT_TLS_CERT:
+            tls_cert = optarg;
+            break;
+        case OPT_TLS_KEY:
+            tls_key = optarg;
             break;
         case 'd':
             so.data_dir = optarg;
@@ -293,6 +330,26 @@ int bh_cli_serve(int argc, char **argv) {
             else
                 sc.max_message = (size_t)v;
             break;
+        case OPT_CORS:
+            sc.cors_origins = optarg;
+            break;
+        case OPT_LP_POLL:
+        case OPT_RECONNECT:
+        case OPT_REPLAY:
+            if (parse_u64(optarg, &v) < 0 || (v == 0 && c != OPT_RECONNECT)) {
+                bh_cli_error("%s needs a %s whole number, got '%s'", argv[optind - 2],
+                             c == OPT_RECONNECT ? "non-negative" : "positive", optarg);
+                return BH_EXIT_USAGE;
+            }
+            if (c == OPT_LP_POLL)
+                sc.lp_poll_timeout_ms = v;
+            else if (c == OPT_REPLAY)
+                sc.replay_max_bytes = (size_t)v;
+            else if (v == 0)
+                sc.no_stateful_reconnect = 1;
+            else
+                sc.reconnect_window_ms = v;
+            break;
         default:
             bh_cli_error("unknown or incomplete option '%s': run 'balancehub serve --help'",
                          argv[optind - 1]);
@@ -301,6 +358,10 @@ int bh_cli_serve(int argc, char **argv) {
     }
     if (optind < argc) {
         bh_cli_error("unexpected argument '%s': run 'balancehub serve --help'", argv[optind]);
+        return BH_EXIT_USAGE;
+    }
+    if (!tls_cert != !tls_key) {
+        bh_cli_error("--tls-cert and --tls-key go together: give both or neither");
         return BH_EXIT_USAGE;
     }
     if (sc.hub_path[0] != '/') {
@@ -355,6 +416,7 @@ int bh_cli_serve(int argc, char **argv) {
         .request_timeout_ms = 10000,
         .idle_timeout_ms = 60000,
         .max_output = 1 << 20,
+        .tls = {.cert_file = tls_cert, .key_file = tls_key},
     };
     r = bh_httpd_new(&srv.loop, &hc, listen, on_http, &srv, &srv.httpd, &port, err, sizeof err);
     if (r < 0) {
@@ -373,8 +435,10 @@ int bh_cli_serve(int argc, char **argv) {
     char *colon = strrchr(host, ':');
     if (colon)
         *colon = 0;
-    printf("balancehub: listening on http://%s:%d\n", host, port);
-    printf("hub: http://%s:%d%s\n", host, port, sc.hub_path);
+    const char *scheme = tls_cert ? "https" : "http";
+    printf("balancehub: listening on %s://%s:%d\n", scheme, host, port);
+    printf("hub: %s://%s:%d%s\n", scheme, host, port, sc.hub_path);
+    printf("API tester: %s://%s:%d/\n", scheme, host, port);
     if (demo)
         printf("demo user: %s\ndemo API key: %s (saved in %s/demo-api-key)\n", DEMO_USER, key,
                so.data_dir);
@@ -387,6 +451,8 @@ done:
         bh_ledger_close(srv.st.ledger);
         srv.st.ledger = NULL;
     }
+    if (srv.sr)
+        bh_sr_server_shutdown(srv.sr);
     if (srv.httpd && !srv.stopping)
         bh_httpd_close_all(srv.httpd);
     uv_run(&srv.loop, UV_RUN_DEFAULT);

@@ -447,8 +447,12 @@ const char *bh_http_reason(int status) {
         return "OK";
     case 201:
         return "Created";
+    case 202:
+        return "Accepted";
     case 204:
         return "No Content";
+    case 304:
+        return "Not Modified";
     case 400:
         return "Bad Request";
     case 401:
@@ -488,8 +492,8 @@ const char *bh_http_reason(int status) {
 
 int bh_http_write_response(bh_buf_t *out, int status, const char *ctype, const char *extra,
                            const char *body, size_t body_len, int keep_alive) {
-    /* RFC 9110 8.6: no Content-Length on 1xx and 204, which never carry a body */
-    int no_body = status < 200 || status == 204;
+    /* RFC 9110 8.6: no Content-Length on 1xx, 204 and 304, which never carry a body */
+    int no_body = status < 200 || status == 204 || status == 304;
     size_t mark = out->len, elen = extra ? strlen(extra) : 0;
     int r;
 

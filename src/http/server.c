@@ -26,12 +26,15 @@ struct bh_http_conn {
     const bh_http_upgrade_ops_t *up;
     void *up_ud;
     int keep_alive; /* of the request being answered */
+    int head;       /* the request being answered is a HEAD: headers only */
     int responded;
     int closing;
     int in_dispatch;
-    int holds;            /* bh_http_hold references outstanding */
-    int dead;             /* the connection is gone; hc lives on until the last release */
-    size_t pending_total; /* bytes of a held request still waiting for its answer */
+    int holds;                 /* bh_http_hold references outstanding */
+    int dead;                  /* the connection is gone; hc lives on until the last release */
+    size_t pending_total;      /* bytes of a held request still waiting for its answer */
+    void (*gone_cb)(void *ud); /* bh_http_on_gone */
+    void *gone_ud;
 };
 
 static void on_request_timeout(void *arg) {
@@ -65,12 +68,17 @@ static void conn_closed(bh_conn_t *c) {
     if (hc->up && hc->up->on_close)
         hc->up->on_close(hc->up_ud);
     bh_buf_free(&hc->in);
-    if (hc->holds > 0) {
-        hc->dead = 1; /* a deferred answer is still coming: free at the last release */
-        hc->c = NULL;
-        return;
+    hc->dead = 1;
+    hc->c = NULL;
+    if (hc->gone_cb) {
+        void (*cb)(void *) = hc->gone_cb;
+        hc->gone_cb = NULL;
+        hc->holds++; /* a release inside the callback must not free hc under us */
+        cb(hc->gone_ud);
+        hc->holds--;
     }
-    free(hc);
+    if (hc->holds == 0)
+        free(hc); /* otherwise a deferred answer is still coming: free at the last release */
 }
 
 /* The answered request's bytes leave the buffer; honour Connection: close. */
@@ -103,6 +111,7 @@ static void process(bh_http_conn_t *hc) {
         if (hc->in.len < total)
             return;
         hc->keep_alive = req.keep_alive;
+        hc->head = req.method == BH_HTTP_HEAD;
         hc->responded = 0;
         hc->in_dispatch = 1;
         s->handler(s->ud, hc, &req, hc->in.data + req.head_len, (size_t)req.content_length);
@@ -164,7 +173,7 @@ int bh_httpd_new(uv_loop_t *loop, const bh_httpd_config_t *cfg, const char *list
     s->handler = handler;
     s->ud = ud;
     bh_buf_init(&s->scratch, 0);
-    bh_net_config_t ncfg = {.max_output = cfg->max_output};
+    bh_net_config_t ncfg = {.max_output = cfg->max_output, .tls = cfg->tls};
     int r = bh_net_new(loop, &ncfg, listen, &conn_handler, s, &s->net, port, errmsg, errcap);
     if (r < 0) {
         free(s);
@@ -202,6 +211,8 @@ int bh_http_respond(bh_http_conn_t *hc, int status, const char *ctype, const cha
     if (!keep)
         hc->keep_alive = 0;
     int r = bh_http_write_response(b, status, ctype, extra, body, len, keep);
+    if (r == 0 && hc->head)
+        b->len -= len; /* HEAD: the GET's headers, Content-Length included, without the body */
     if (r == 0)
         r = bh_conn_write(hc->c, b->data, b->len);
     if (!keep && !hc->closing) {
@@ -243,6 +254,32 @@ void bh_http_upgrade(bh_http_conn_t *hc, const bh_http_upgrade_ops_t *ops, void 
     hc->up_ud = ud;
     hc->responded = 1;
     bh_conn_set_timer(hc->c, 0, NULL, NULL);
+}
+
+int bh_http_respond_stream(bh_http_conn_t *hc, int status, const char *ctype, const char *extra,
+                           const bh_http_upgrade_ops_t *ops, void *ud) {
+    if (hc->dead || hc->closing)
+        return BH_ECLOSED;
+    if ((ctype && strpbrk(ctype, "\r\n")) || status < 200 || status > 599)
+        return BH_EINVAL;
+    bh_buf_t *b = &hc->srv->scratch;
+    bh_buf_reset(b);
+    int r = bh_buf_printf(b, "HTTP/1.1 %d %s\r\n", status, bh_http_reason(status));
+    if (r == 0 && ctype)
+        r = bh_buf_printf(b, "Content-Type: %s\r\n", ctype);
+    if (r == 0)
+        r = bh_buf_printf(b, "Connection: close\r\n%s\r\n", extra ? extra : "");
+    if (r == 0)
+        r = bh_conn_write(hc->c, b->data, b->len);
+    if (r < 0)
+        return r;
+    bh_http_upgrade(hc, ops, ud);
+    return BH_OK;
+}
+
+void bh_http_on_gone(bh_http_conn_t *hc, void (*cb)(void *ud), void *ud) {
+    hc->gone_cb = hc->dead ? NULL : cb;
+    hc->gone_ud = ud;
 }
 
 bh_conn_t *bh_http_conn_net(bh_http_conn_t *hc) {

@@ -19,6 +19,7 @@ typedef struct {
     uint64_t request_timeout_ms; /* a started request must complete within this (408) */
     uint64_t idle_timeout_ms;    /* keep-alive connection without a request is closed */
     size_t max_output;           /* per-connection queued output cap */
+    bh_net_tls_config_t tls;     /* TLS on the listener (net.h); zeroed = plain HTTP */
 } bh_httpd_config_t;
 
 /* Called once per complete request. The request and body are valid during the call only.
@@ -49,6 +50,10 @@ void bh_httpd_free(bh_httpd_t *s);
 void bh_http_hold(bh_http_conn_t *hc);
 void bh_http_release(bh_http_conn_t *hc);
 
+/* Call cb(ud) once if the connection goes away while hc is held (its answer can no longer be
+ * delivered; bh_http_release is still owed). cb NULL cancels it: do so before answering. */
+void bh_http_on_gone(bh_http_conn_t *hc, void (*cb)(void *ud), void *ud);
+
 /* Answer the current request. extra: header lines each ending in CRLF, or NULL. */
 int bh_http_respond(bh_http_conn_t *hc, int status, const char *ctype, const char *extra,
                     const char *body, size_t len);
@@ -56,6 +61,12 @@ int bh_http_respond(bh_http_conn_t *hc, int status, const char *ctype, const cha
 int bh_http_respond_error(bh_http_conn_t *hc, int status, const char *msg);
 /* Take the connection over: later bytes go to ops->on_data. The caller writes its own 101. */
 void bh_http_upgrade(bh_http_conn_t *hc, const bh_http_upgrade_ops_t *ops, void *ud);
+/* Answer with a streaming body (Server-Sent Events): the head goes out without Content-Length,
+ * with Connection: close (the body ends when the connection closes), and the connection is
+ * taken over as with bh_http_upgrade. Write the body with bh_conn_write on bh_http_conn_net(hc)
+ * and end it with bh_conn_close. */
+int bh_http_respond_stream(bh_http_conn_t *hc, int status, const char *ctype, const char *extra,
+                           const bh_http_upgrade_ops_t *ops, void *ud);
 bh_conn_t *bh_http_conn_net(bh_http_conn_t *hc);
 
 #endif

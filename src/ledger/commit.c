@@ -188,9 +188,11 @@ static void on_async(uv_async_t *h) {
         } else {
             for (bh_change_t *c = done.head, *next; c; c = next) {
                 next = c->next;
-                if (c->user)
+                if (c->user) {
                     bh_ledger_publish(l, c);
-                else
+                    /* Durable now: the filter must know it before the op leaves the map. */
+                    bh_opfilter_add(&l->journaled, c->opkey, c->opkey_len);
+                } else
                     bh_ledger_apply_rates(l, c->rates, c->nrates);
                 unmap(l, c);
                 deliver(c);

@@ -6,6 +6,7 @@
 #include <pthread.h>
 
 #include "ledger.h"
+#include "opfilter.h"
 
 #define BH_OPKEY_MAX (2 * BH_ID_MAX + 2)
 #define BH_REASON_MAX 192
@@ -44,6 +45,7 @@ typedef struct bh_waiter {
  * or a result ready to deliver (rejection, repeat). */
 typedef struct bh_change {
     char opkey[BH_OPKEY_MAX]; /* first member: "user\x1fop" in the pending-op map */
+    size_t opkey_len;
     struct bh_change *next;
     bh_user_t *user;          /* NULL for rates and for ready results */
     bh_store_user_t row;      /* the user row after the change */
@@ -73,6 +75,7 @@ struct bh_ledger {
     bh_map_t users; /* bh_user_t *; structure and ->snap guarded by mu for reader threads */
     bh_map_t rates; /* "CUR/ASSET" -> rate; loop thread only */
     bh_map_t ops;   /* opkey -> pending bh_change_t */
+    bh_opfilter_t journaled; /* opkeys of every durable change: "no" skips the store lookup */
     pthread_mutex_t mu;
     bh_ledger_listener_t listener;
     void *listener_ud;

@@ -3,7 +3,6 @@
  * visible to readers (snapshot, listener, answer) only after commit.c made it durable. */
 #include "ledger.h"
 
-#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -172,9 +171,9 @@ int bh_ledger_exposure(const bh_ledger_t *l, const char *base_currency, const bh
 /* ---- snapshots ---- */
 
 static int build_snapshot(const bh_ledger_t *l, const bh_user_t *u, bh_snapshot_t **out) {
-    bh_asset_t *arr = NULL;
+    bh_asset_t local[8], *arr = local; /* bh_snapshot_new copies them */
     bh_dec_t total = bh_dec_zero(), e;
-    if (u->nassets && !(arr = calloc(u->nassets, sizeof *arr)))
+    if (u->nassets > sizeof local / sizeof local[0] && !(arr = calloc(u->nassets, sizeof *arr)))
         return BH_ENOMEM;
     for (size_t i = 0; i < u->nassets; i++) {
         const bh_store_asset_t *a = &u->assets[i];
@@ -188,9 +187,11 @@ static int build_snapshot(const bh_ledger_t *l, const bh_user_t *u, bh_snapshot_
         arr[i].current_exposure = e;
         bh_dec_add(total, e, &total);
     }
-    int rc = bh_snapshot_new(u->user_id, u->sequence, u->base_currency, total,
-                             u->total_max_exposure, u->deleted, arr, u->nassets, out);
-    free(arr);
+    int rc =
+        bh_snapshot_new(u->user_id, u->sequence, u->base_currency, total, u->total_max_exposure,
+                        u->deleted, u->nassets ? arr : NULL, u->nassets, out);
+    if (arr != local)
+        free(arr);
     return rc;
 }
 
@@ -455,56 +456,89 @@ static int apply_legs(bh_ledger_t *l, const bh_user_t *u, const bh_op_t *op, bh_
     return BH_OK;
 }
 
+/* Appenders with a sticky error, for the journal texts built on every op: plain copies, no
+ * printf (its format parsing was a tenth of the loop thread's instructions per op). */
+static void put(bh_buf_t *b, const char *s, int *rc) {
+    if (*rc == BH_OK)
+        *rc = bh_buf_appends(b, s);
+}
+
+static void put_dec(bh_buf_t *b, bh_dec_t d, int *rc) {
+    char num[BH_DEC_STRLEN];
+    size_t n = bh_dec_format(d, num);
+    if (*rc == BH_OK)
+        *rc = bh_buf_append(b, num, n);
+}
+
+/* "NAME":"AMOUNT" (asset names and decimals need no JSON escaping). */
+static void put_member(bh_buf_t *b, const char *name, bh_dec_t d, int *rc) {
+    put(b, "\"", rc);
+    put(b, name, rc);
+    put(b, "\":\"", rc);
+    put_dec(b, d, rc);
+    put(b, "\"", rc);
+}
+
 /* The journal's record of the op's arguments, amounts as exact decimal strings. */
 static int detail_json(const bh_op_t *op, bh_buf_t *b) {
-    char num[BH_DEC_STRLEN];
-    int r = bh_buf_appendc(b, '{');
+    int r = bh_buf_reserve(b, 64 + op->nlegs * 64);
+    put(b, "{", &r);
     switch (op->kind) {
     case BH_OP_CREATE_USER:
-        bh_dec_format(op->has_total ? op->total_max_exposure : bh_dec_zero(), num);
-        r = r ? r
-              : bh_buf_printf(b, "\"baseCurrency\":\"%s\",\"totalMaxExposure\":\"%s\"",
-                              op->base_currency, num);
+        put(b, "\"baseCurrency\":\"", &r);
+        put(b, op->base_currency, &r);
+        put(b, "\",", &r);
+        put_member(b, "totalMaxExposure", op->has_total ? op->total_max_exposure : bh_dec_zero(),
+                   &r);
         break;
     case BH_OP_DELETE_USER:
         break;
     case BH_OP_TRADE:
-        r = r ? r : bh_buf_appends(b, "\"legs\":[");
-        for (size_t i = 0; i < op->nlegs && !r; i++) {
-            bh_dec_format(op->legs[i].amount, num);
-            r = bh_buf_printf(b, "%s{\"asset\":\"%s\",\"amount\":\"%s\"}", i ? "," : "",
-                              op->legs[i].asset, num);
+        put(b, "\"legs\":[", &r);
+        for (size_t i = 0; i < op->nlegs; i++) {
+            put(b, i ? ",{\"asset\":\"" : "{\"asset\":\"", &r);
+            put(b, op->legs[i].asset, &r);
+            put(b, "\",", &r);
+            put_member(b, "amount", op->legs[i].amount, &r);
+            put(b, "}", &r);
         }
-        r = r ? r : bh_buf_appendc(b, ']');
+        put(b, "]", &r);
         break;
     case BH_OP_SET_LIMITS:
         if (op->nlegs) {
-            r = r ? r : bh_buf_appends(b, "\"maxExposure\":{");
-            for (size_t i = 0; i < op->nlegs && !r; i++) {
-                bh_dec_format(op->legs[i].amount, num);
-                r = bh_buf_printf(b, "%s\"%s\":\"%s\"", i ? "," : "", op->legs[i].asset, num);
+            put(b, "\"maxExposure\":{", &r);
+            for (size_t i = 0; i < op->nlegs; i++) {
+                put(b, i ? "," : "", &r);
+                put_member(b, op->legs[i].asset, op->legs[i].amount, &r);
             }
-            r = r ? r : bh_buf_appendc(b, '}');
+            put(b, "}", &r);
         }
         if (op->has_total) {
-            bh_dec_format(op->total_max_exposure, num);
-            r = r ? r
-                  : bh_buf_printf(b, "%s\"totalMaxExposure\":\"%s\"", op->nlegs ? "," : "", num);
+            put(b, op->nlegs ? "," : "", &r);
+            put_member(b, "totalMaxExposure", op->total_max_exposure, &r);
         }
         break;
     default:
-        bh_dec_format(op->legs[0].amount, num);
-        r = r ? r : bh_buf_printf(b, "\"asset\":\"%s\",\"amount\":\"%s\"", op->legs[0].asset, num);
+        put(b, "\"asset\":\"", &r);
+        put(b, op->legs[0].asset, &r);
+        put(b, "\",", &r);
+        put_member(b, "amount", op->legs[0].amount, &r);
         break;
     }
-    return r ? r : bh_buf_appendc(b, '}');
+    put(b, "}", &r);
+    return r;
 }
 
 /* Look for an earlier application of (user, op id): pending, or durable in the store. */
 enum { NEW_OP, ATTACHED, REPEATED };
 static int find_earlier(bh_ledger_t *l, const bh_op_t *op, const bh_user_t *u, bh_change_t *c,
                         bh_op_cb cb, void *ud) {
-    snprintf(c->opkey, sizeof c->opkey, "%s\x1f%s", op->user_id, op->op_id);
+    /* check_args bounded both ids to BH_ID_MAX bytes: the key fits. */
+    size_t ulen = strlen(op->user_id), olen = strlen(op->op_id);
+    memcpy(c->opkey, op->user_id, ulen);
+    c->opkey[ulen] = '\x1f';
+    memcpy(c->opkey + ulen + 1, op->op_id, olen + 1);
+    c->opkey_len = ulen + 1 + olen;
     bh_change_t *p = bh_map_get(&l->ops, c->opkey);
     if (p) {
         bh_waiter_t *w = malloc(sizeof *w);
@@ -519,7 +553,9 @@ static int find_earlier(bh_ledger_t *l, const bh_op_t *op, const bh_user_t *u, b
         *tail = w;
         return ATTACHED;
     }
-    if (!u || !u->exists)
+    /* Every journaled op id of this process's changes and of the store at open is in the
+     * filter: a "no" is certain, only a "maybe" (a repeat, or ~1% of new ids) reads SQLite. */
+    if (!u || !u->exists || !bh_opfilter_maybe(&l->journaled, c->opkey, c->opkey_len))
         return NEW_OP;
     bh_buf_t res;
     bh_buf_init(&res, 0);
@@ -586,12 +622,18 @@ static int prepare(bh_ledger_t *l, const bh_op_t *op, bh_change_t *c, bh_op_cb c
     bh_buf_init(&b, 0);
     if (r == BH_OK)
         r = build_snapshot(l, &next, &c->snap);
-    if (r == BH_OK)
-        r = bh_buf_printf(&b, "{\"sequence\":%" PRIu64 ",\"data\":", next.sequence);
-    if (r == BH_OK)
-        r = bh_buf_append(&b, c->snap->json, c->snap->json_len);
-    if (r == BH_OK)
-        r = bh_buf_appendc(&b, '}');
+    if (r == BH_OK) {
+        char seq[20];
+        size_t n = bh_snapshot_u64(next.sequence, seq);
+        r = bh_buf_reserve(&b, 24 + n + c->snap->json_len);
+        put(&b, "{\"sequence\":", &r);
+        if (r == BH_OK)
+            r = bh_buf_append(&b, seq, n);
+        put(&b, ",\"data\":", &r);
+        if (r == BH_OK)
+            r = bh_buf_append(&b, c->snap->json, c->snap->json_len);
+        put(&b, "}", &r);
+    }
     c->result = b.data;
     c->result_len = b.len;
     bh_user_t *fresh = NULL;
@@ -625,7 +667,8 @@ static int prepare(bh_ledger_t *l, const bh_op_t *op, bh_change_t *c, bh_op_cb c
         .sequence = next.sequence, .detail = c->detail, .result = c->result, .time_ms = now_ms()};
     memcpy(c->journal.user_id, next.user_id, sizeof c->journal.user_id);
     memcpy(c->journal.op_id, op->op_id, strlen(op->op_id) + 1);
-    snprintf(c->journal.op, sizeof c->journal.op, "%s", bh_op_name(op->kind));
+    /* Op names are constants shorter than the field. */
+    memcpy(c->journal.op, bh_op_name(op->kind), strlen(bh_op_name(op->kind)) + 1);
     if (rows && u->assets != rows)
         free(u->assets);
     next.snap = u->snap;
@@ -743,6 +786,23 @@ void bh_ledger_reload_user(bh_ledger_t *l, bh_user_t *u) {
     }
 }
 
+static int count_ops(void *ud, uint64_t n) {
+    bh_ledger_t *l = ud;
+    /* Headroom: the first layer takes half as many new keys again before the filter grows. */
+    bh_opfilter_free(&l->journaled);
+    return bh_opfilter_init(&l->journaled, n + n / 2);
+}
+
+static int load_op(void *ud, const char *user_id, const char *op_id) {
+    bh_ledger_t *l = ud;
+    char key[BH_OPKEY_MAX];
+    int n = snprintf(key, sizeof key, "%s\x1f%s", user_id, op_id);
+    if (n < 0 || (size_t)n >= sizeof key)
+        return BH_ESTORE;
+    bh_opfilter_add(&l->journaled, key, (size_t)n);
+    return BH_OK;
+}
+
 static int load_rate(void *ud, const bh_store_rate_t *sr) {
     bh_ledger_apply_rates(ud, sr, 1);
     return BH_OK;
@@ -765,6 +825,10 @@ int bh_ledger_open(uv_loop_t *loop, bh_store_t *writer, bh_store_t *reader, bh_l
         bh_user_t *u = l->users.slots[i];
         if (u)
             r = build_snapshot(l, u, &u->snap);
+    }
+    if (r == BH_OK) {
+        bh_store_op_visitor_t ov = {.ud = l, .count = count_ops, .op = load_op};
+        r = bh_store_visit_ops(reader, &ov);
     }
     if (r == BH_OK)
         r = bh_commit_start(l);
@@ -805,6 +869,7 @@ void bh_ledger_free(bh_ledger_t *l) {
     bh_map_free(&l->users);
     bh_map_free(&l->rates);
     bh_map_free(&l->ops);
+    bh_opfilter_free(&l->journaled);
     pthread_mutex_destroy(&l->mu);
     pthread_mutex_destroy(&l->qmu);
     pthread_cond_destroy(&l->qcond);

@@ -2,8 +2,7 @@
  * snapshot is built, so every reader afterwards only copies bytes. */
 #include "snapshot.h"
 
-#include <inttypes.h>
-#include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,15 +29,30 @@ static void put_dec(bh_buf_t *b, const char *name, bh_dec_t d, int *rc) {
         *rc = bh_buf_append(b, num, n);
 }
 
-static int format_json(const bh_snapshot_t *s, bh_buf_t *b) {
-    char seq[24];
-    int rc = BH_OK;
+size_t bh_snapshot_u64(uint64_t v, char out[20]) {
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
 
-    snprintf(seq, sizeof(seq), "%" PRIu64, s->sequence);
+static int format_json(const bh_snapshot_t *s, bh_buf_t *b) {
+    char seq[20];
+    int rc;
+
+    /* Room for the usual case up front (ids need no escaping, decimals are short), so the
+     * appends below rarely grow the buffer. */
+    rc = bh_buf_reserve(b, 160 + strlen(s->user_id) + s->nassets * 160);
     put_s(b, "{\"userId\":", &rc);
     put_str(b, s->user_id, &rc);
     put_s(b, ",\"sequence\":", &rc);
-    put_s(b, seq, &rc);
+    if (rc == BH_OK)
+        rc = bh_buf_append(b, seq, bh_snapshot_u64(s->sequence, seq));
     put_s(b, ",\"assets\":[", &rc);
     for (size_t i = 0; i < s->nassets; i++) {
         const bh_asset_t *a = &s->assets[i];
@@ -58,10 +72,17 @@ static int format_json(const bh_snapshot_t *s, bh_buf_t *b) {
     return rc;
 }
 
+/* The assets live in the same allocation as the snapshot (see bh_snapshot_new). */
 static void snapshot_free(bh_snapshot_t *s) {
-    free(s->assets);
     free(s->json);
     free(s);
+}
+
+/* Copy a NUL-terminated string into a field of cap bytes, truncating like snprintf. */
+static void copy_field(char *dst, size_t cap, const char *src) {
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
 }
 
 int bh_snapshot_new(const char *user_id, uint64_t sequence, const char *base_currency,
@@ -69,44 +90,38 @@ int bh_snapshot_new(const char *user_id, uint64_t sequence, const char *base_cur
                     const bh_asset_t *assets, size_t n, bh_snapshot_t **out) {
     bh_snapshot_t *s;
     bh_buf_t b;
-    int rc = BH_ENOMEM;
+    int rc;
 
     *out = NULL;
-    bh_buf_init(&b, 0);
-    s = calloc(1, sizeof(*s));
+    if (n > (SIZE_MAX - sizeof(*s)) / sizeof(*assets))
+        return BH_ENOMEM;
+    /* One allocation for the snapshot and its assets (published once per change). */
+    s = calloc(1, sizeof(*s) + n * sizeof(*assets));
     if (s == NULL)
         return BH_ENOMEM;
     atomic_init(&s->refs, 1);
-    snprintf(s->user_id, sizeof(s->user_id), "%s", user_id);
-    snprintf(s->base_currency, sizeof(s->base_currency), "%s", base_currency);
+    copy_field(s->user_id, sizeof(s->user_id), user_id);
+    copy_field(s->base_currency, sizeof(s->base_currency), base_currency);
     s->sequence = sequence;
     s->total_current_exposure = total_current_exposure;
     s->total_max_exposure = total_max_exposure;
     s->deleted = deleted;
     if (n > 0) {
-        s->assets = malloc(n * sizeof(*s->assets));
-        if (s->assets == NULL)
-            goto fail;
+        s->assets = (bh_asset_t *)(s + 1);
         memcpy(s->assets, assets, n * sizeof(*s->assets));
     }
     s->nassets = n;
-    if ((rc = format_json(s, &b)) != BH_OK)
-        goto fail;
-    /* A private copy: the snapshot owns plain malloc'd bytes whatever bh_buf_t does. */
-    rc = BH_ENOMEM;
-    s->json = malloc(b.len + 1);
-    if (s->json == NULL)
-        goto fail;
-    memcpy(s->json, b.data, b.len);
-    s->json[b.len] = '\0';
+    bh_buf_init(&b, 0);
+    if ((rc = format_json(s, &b)) != BH_OK) {
+        bh_buf_free(&b);
+        snapshot_free(s);
+        return rc;
+    }
+    /* The buffer's storage (malloc'd, NUL-terminated) becomes the snapshot's. */
+    s->json = b.data;
     s->json_len = b.len;
-    bh_buf_free(&b);
     *out = s;
     return BH_OK;
-fail:
-    bh_buf_free(&b);
-    snapshot_free(s);
-    return rc;
 }
 
 bh_snapshot_t *bh_snapshot_acquire(const bh_snapshot_t *s) {

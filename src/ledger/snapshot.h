@@ -11,4 +11,7 @@ int bh_snapshot_new(const char *user_id, uint64_t sequence, const char *base_cur
                     bh_dec_t total_current_exposure, bh_dec_t total_max_exposure, bool deleted,
                     const bh_asset_t *assets, size_t n, bh_snapshot_t **out);
 
+/* Decimal digits of v into out (no NUL); returns their count (at most 20). */
+size_t bh_snapshot_u64(uint64_t v, char out[20]);
+
 #endif

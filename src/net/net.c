@@ -1,5 +1,6 @@
 /* TCP listener and connections on libuv: batched writes flushed once per loop turn from
- * prepare/check handles, a hard output cap, lingering close, one timer per connection. */
+ * prepare/check handles, a hard output cap, lingering close, one timer per connection, and
+ * optional TLS between the socket and the handler (tls.c, memory BIOs). */
 #include "net.h"
 
 #include <stdio.h>
@@ -9,6 +10,7 @@
 #include "../base/buf.h"
 #include "../base/error.h"
 #include "../base/log.h"
+#include "tls.h"
 
 #define BH_NET_READ_BUF 65536
 #define BH_NET_LINGER_MS 2000
@@ -20,8 +22,10 @@ struct bh_conn {
     uv_shutdown_t sreq;
     bh_net_t *net;
     void *ud;
-    bh_buf_t out;      /* queued, not yet handed to libuv */
-    bh_buf_t inflight; /* handed to uv_write, waiting for its callback */
+    bh_buf_t out;          /* queued (plaintext with TLS), not yet handed to libuv */
+    bh_buf_t inflight;     /* handed to uv_write, waiting for its callback */
+    size_t inflight_plain; /* plaintext bytes behind inflight (for the output cap) */
+    bh_tls_t *tls;         /* NULL without TLS */
     bh_conn_timer_cb timer_cb;
     void *timer_arg;
     bh_conn_t *dirty_next;
@@ -38,6 +42,9 @@ struct bh_net {
     bh_conn_handler_t h;
     void *server_ud;
     size_t max_output;
+    SSL_CTX *tls_ctx; /* for new connections; NULL without TLS */
+    char *cert_file, *key_file;
+    uint64_t handshake_timeout_ms;
     bh_conn_t *conns; /* every live connection */
     size_t nconns;
     bh_conn_t *dirty; /* connections with output to flush this turn */
@@ -93,6 +100,7 @@ static void conn_free_if_done(bh_conn_t *c) {
     }
     bh_buf_free(&c->out);
     bh_buf_free(&c->inflight);
+    bh_tls_free(c->tls);
     free(c);
 }
 
@@ -126,6 +134,61 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     buf->len = sizeof c->net->readbuf;
 }
 
+/* Graceful close: flush what is queued (then close_notify with TLS), half-close, linger. */
+static void conn_begin_close(bh_conn_t *c) {
+    if (c->closing || c->dead)
+        return;
+    c->closing = 1;
+    uv_timer_stop(&c->timer);
+    c->timer_cb = NULL;
+    mark_dirty(c);
+}
+
+static void tls_log_failure(bh_conn_t *c, const char *what) {
+    char peer[80];
+    bh_conn_peer(c, peer, sizeof peer);
+    bh_log(BH_LOG_DEBUG, "TLS %s from %s: %s", what, peer, bh_tls_error(c->tls));
+}
+
+/* Ciphertext in: finish the handshake (then the handler hears of the connection), then hand
+ * every complete record's plaintext to on_data. Replies the TLS layer produced itself
+ * (handshake messages, tickets, alerts) go out with this turn's flush. */
+static void conn_tls_read(bh_conn_t *c, const char *data, size_t len) {
+    bh_net_t *n = c->net;
+    int r = bh_tls_feed(c->tls, data, len);
+    if (r < 0) {
+        conn_hard_close(c);
+        return;
+    }
+    if (!bh_tls_handshake_done(c->tls)) {
+        r = bh_tls_handshake(c->tls);
+        if (r == BH_OK) {
+            uv_timer_stop(&c->timer);
+            c->notified = 0; /* from here on the handler owns the connection's user data */
+            n->h.on_open(c, n->server_ud);
+        } else if (r < 0 && r != BH_EAGAIN) {
+            tls_log_failure(c, "handshake failed");
+        }
+    }
+    /* data is in the BIO now, so the shared read buffer is free for plaintext. */
+    while (r == BH_OK && !c->dead && !c->closing) {
+        size_t got = 0;
+        r = bh_tls_read(c->tls, n->readbuf, sizeof n->readbuf, &got);
+        if (r == BH_OK)
+            n->h.on_data(c, n->readbuf, got);
+        else if (r == BH_EPROTO)
+            tls_log_failure(c, "stream broken");
+    }
+    if (c->dead)
+        return;
+    if (r == BH_ECLOSED || (r < 0 && r != BH_EAGAIN)) {
+        /* close_notify: answer with ours after the queued output; a failure: send the alert. */
+        conn_begin_close(c);
+    }
+    if (bh_tls_pending(c->tls) > 0)
+        mark_dirty(c);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     bh_conn_t *c = s->data;
     if (nread < 0) {
@@ -134,7 +197,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
     if (nread == 0 || c->closing || c->dead)
         return; /* lingering: input is discarded */
-    c->net->h.on_data(c, buf->base, (size_t)nread);
+    if (c->tls)
+        conn_tls_read(c, buf->base, (size_t)nread);
+    else
+        c->net->h.on_data(c, buf->base, (size_t)nread);
 }
 
 static void on_linger_timeout(uv_timer_t *t) {
@@ -157,6 +223,7 @@ static void on_write(uv_write_t *req, int status) {
     bh_conn_t *c = req->data;
     c->writing = 0;
     bh_buf_reset(&c->inflight);
+    c->inflight_plain = 0;
     if (c->dead)
         return;
     if (status < 0) {
@@ -166,10 +233,36 @@ static void on_write(uv_write_t *req, int status) {
     conn_flush(c);
 }
 
+/* Everything queued this turn goes through one SSL_write; the ciphertext (with whatever the
+ * TLS layer produced on its own) becomes the next write. */
+static int conn_tls_encrypt(bh_conn_t *c) {
+    if (c->out.len > 0) {
+        int r = bh_tls_write(c->tls, c->out.data, c->out.len);
+        if (r < 0)
+            return r;
+        c->inflight_plain = c->out.len;
+        bh_buf_reset(&c->out);
+    }
+    if (c->closing)
+        bh_tls_close_notify(c->tls);
+    return bh_tls_take(c->tls, &c->inflight);
+}
+
 static void conn_flush(bh_conn_t *c) {
     if (c->dead || c->writing)
         return;
-    if (c->out.len == 0) {
+    if (c->tls) {
+        if (conn_tls_encrypt(c) < 0) {
+            conn_hard_close(c);
+            return;
+        }
+    } else if (c->out.len > 0) {
+        bh_buf_t tmp = c->inflight;
+        c->inflight = c->out;
+        c->out = tmp;
+        c->inflight_plain = c->inflight.len;
+    }
+    if (c->inflight.len == 0) {
         if (c->closing && !c->shut) {
             c->shut = 1;
             c->sreq.data = c;
@@ -178,9 +271,6 @@ static void conn_flush(bh_conn_t *c) {
         }
         return;
     }
-    bh_buf_t tmp = c->inflight;
-    c->inflight = c->out;
-    c->out = tmp;
     uv_buf_t b = uv_buf_init(c->inflight.data, (unsigned)c->inflight.len);
     c->wreq.data = c;
     c->writing = 1;
@@ -188,6 +278,14 @@ static void conn_flush(bh_conn_t *c) {
         c->writing = 0;
         conn_hard_close(c);
     }
+}
+
+static void on_handshake_timeout(uv_timer_t *t) {
+    bh_conn_t *c = t->data;
+    char peer[80];
+    bh_conn_peer(c, peer, sizeof peer);
+    bh_log(BH_LOG_DEBUG, "TLS handshake from %s not done in time", peer);
+    conn_hard_close(c);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -216,7 +314,18 @@ static void on_connection(uv_stream_t *server, int status) {
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    n->h.on_open(c, n->server_ud);
+    if (n->tls_ctx) {
+        /* The handler hears of the connection once the handshake is done (conn_tls_read);
+         * until then the timer is the handshake deadline and a close tells nobody. */
+        c->notified = 1;
+        if (bh_tls_new(n->tls_ctx, &c->tls) < 0) {
+            conn_hard_close(c);
+            return;
+        }
+        uv_timer_start(&c->timer, on_handshake_timeout, n->handshake_timeout_ms, 0);
+    } else {
+        n->h.on_open(c, n->server_ud);
+    }
     if (!c->dead && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0)
         conn_hard_close(c);
 }
@@ -247,6 +356,14 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss) {
     return uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) ? BH_EINVAL : BH_OK;
 }
 
+static void net_free_tls(bh_net_t *n) {
+    SSL_CTX_free(n->tls_ctx); /* connections still open hold their own references */
+    n->tls_ctx = NULL;
+    free(n->cert_file);
+    free(n->key_file);
+    n->cert_file = n->key_file = NULL;
+}
+
 int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
                const bh_conn_handler_t *h, void *server_ud, bh_net_t **out, int *port, char *errmsg,
                size_t errcap) {
@@ -260,6 +377,23 @@ int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
     bh_net_t *n = calloc(1, sizeof *n);
     if (!n)
         return BH_ENOMEM;
+    if (cfg->tls.cert_file || cfg->tls.key_file) {
+        int r = bh_tls_ctx_new(cfg->tls.cert_file, cfg->tls.key_file, &n->tls_ctx, errmsg, errcap);
+        if (r < 0) {
+            free(n);
+            return r;
+        }
+        n->cert_file = strdup(cfg->tls.cert_file);
+        n->key_file = strdup(cfg->tls.key_file);
+        if (!n->cert_file || !n->key_file) {
+            snprintf(errmsg, errcap, "out of memory");
+            net_free_tls(n);
+            free(n);
+            return BH_ENOMEM;
+        }
+        n->handshake_timeout_ms = cfg->tls.handshake_timeout_ms ? cfg->tls.handshake_timeout_ms
+                                                                : BH_TLS_HANDSHAKE_TIMEOUT_MS;
+    }
     n->loop = loop;
     n->h = *h;
     n->server_ud = server_ud;
@@ -273,6 +407,7 @@ int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
         snprintf(errmsg, errcap, "cannot listen on %s: %s", listen, uv_strerror(r));
         uv_close((uv_handle_t *)&n->listener, NULL);
         uv_run(loop, UV_RUN_NOWAIT);
+        net_free_tls(n);
         free(n);
         return BH_EIO;
     }
@@ -290,6 +425,25 @@ int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
     uv_check_start(&n->check, on_check);
     *out = n;
     return BH_OK;
+}
+
+int bh_net_reload_tls(bh_net_t *n, char *errmsg, size_t errcap) {
+    if (!n->tls_ctx) {
+        snprintf(errmsg, errcap, "TLS is not enabled on this listener");
+        return BH_EINVAL;
+    }
+    SSL_CTX *ctx = NULL;
+    int r = bh_tls_ctx_new(n->cert_file, n->key_file, &ctx, errmsg, errcap);
+    if (r < 0)
+        return r;
+    SSL_CTX_free(n->tls_ctx);
+    n->tls_ctx = ctx;
+    bh_log(BH_LOG_INFO, "TLS certificate reloaded from %s", n->cert_file);
+    return BH_OK;
+}
+
+int bh_net_tls_enabled(const bh_net_t *n) {
+    return n->tls_ctx != NULL;
 }
 
 void bh_net_stop_accepting(bh_net_t *n) {
@@ -311,6 +465,9 @@ void bh_net_close_all(bh_net_t *n) {
 }
 
 void bh_net_free(bh_net_t *n) {
+    if (!n)
+        return;
+    net_free_tls(n);
     free(n);
 }
 
@@ -333,7 +490,7 @@ uv_loop_t *bh_conn_loop(const bh_conn_t *c) {
 int bh_conn_write(bh_conn_t *c, const void *data, size_t len) {
     if (c->closing || c->dead)
         return BH_ECLOSED;
-    if (c->net->max_output && c->out.len + c->inflight.len + len > c->net->max_output) {
+    if (c->net->max_output && c->out.len + c->inflight_plain + len > c->net->max_output) {
         bh_log(BH_LOG_WARN, "closing slow consumer: output over %zu bytes", c->net->max_output);
         conn_hard_close(c);
         return BH_ETOOBIG;
@@ -348,12 +505,7 @@ int bh_conn_write(bh_conn_t *c, const void *data, size_t len) {
 }
 
 void bh_conn_close(bh_conn_t *c) {
-    if (c->closing || c->dead)
-        return;
-    c->closing = 1;
-    uv_timer_stop(&c->timer);
-    c->timer_cb = NULL;
-    mark_dirty(c);
+    conn_begin_close(c);
 }
 
 void bh_conn_abort(bh_conn_t *c) {

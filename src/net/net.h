@@ -1,6 +1,7 @@
 /* TCP listeners and connections on one libuv loop. Bytes in through a handler, bytes out
  * through a capped per-connection buffer that is written with one uv_write per loop turn
- * (writes queued anywhere during a turn are batched). One timer per connection. */
+ * (writes queued anywhere during a turn are batched). One timer per connection. Optional TLS
+ * on the listener, invisible to the handler: it sees and writes plaintext only. */
 #ifndef BH_NET_NET_H
 #define BH_NET_NET_H
 
@@ -21,7 +22,18 @@ typedef struct {
 } bh_conn_handler_t;
 
 typedef struct {
-    size_t max_output; /* queued output above this closes the connection (slow consumer) */
+    /* PEM certificate (leaf first, then its chain) and its private key; both NULL = plain TCP.
+     * With TLS (1.2+, ALPN http/1.1) the handler's on_open runs only once a connection's
+     * handshake is done; failed or late handshakes close silently (debug log). */
+    const char *cert_file;
+    const char *key_file;
+    uint64_t handshake_timeout_ms; /* 0 = 10 s */
+} bh_net_tls_config_t;
+
+typedef struct {
+    size_t max_output; /* queued output above this closes the connection (slow consumer); with
+                          TLS it counts plaintext */
+    bh_net_tls_config_t tls;
 } bh_net_config_t;
 
 /* Create the network layer on loop; listen on "HOST:PORT" (IPv4 or [IPv6]:PORT; port 0 picks
@@ -29,6 +41,13 @@ typedef struct {
 int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
                const bh_conn_handler_t *h, void *server_ud, bh_net_t **out, int *port, char *errmsg,
                size_t errcap);
+/* Load the TLS certificate and key again from the configured files, for connections accepted
+ * from now on; existing connections keep the context they started with (reference-counted,
+ * freed with the last of them). On failure (errmsg: one line) the current one stays in use.
+ * BH_EINVAL when the layer was created without TLS. Call on the loop's thread (e.g. from a
+ * uv_signal_t handler for SIGHUP). */
+int bh_net_reload_tls(bh_net_t *n, char *errmsg, size_t errcap);
+int bh_net_tls_enabled(const bh_net_t *n);
 /* Stop accepting (idempotent). Existing connections continue. */
 void bh_net_stop_accepting(bh_net_t *n);
 /* Close every connection at once (handlers' on_close run as the handles close). */

@@ -1,7 +1,8 @@
-/* SignalR JSON hub protocol: message parsing with ASP.NET's validation rules and the exact
- * byte forms of the messages the server sends. */
+/* SignalR JSON hub protocol: message parsing with ASP.NET's validation rules, the exact byte
+ * forms of the messages the server sends, and the protocol table (MessagePack is msgpack.c). */
 #include "protocol.h"
 
+#include <limits.h>
 #include <string.h>
 
 #include "../base/error.h"
@@ -106,8 +107,23 @@ int bh_sr_parse_message(const char *text, size_t len, bh_json_doc_t **doc, bh_sr
             goto fail;
         }
         break;
+    case BH_SR_ACK:
+    case BH_SR_SEQUENCE: {
+        const bh_json_t *seq = bh_json_get(root, "sequenceId");
+        int64_t id;
+        if (!seq) {
+            *err = "Missing required property 'sequenceId'.";
+            goto fail;
+        }
+        if (bh_json_int(seq, &id) < 0 || id < 0) {
+            *err = "Expected 'sequenceId' to be of type Integer.";
+            goto fail;
+        }
+        msg->sequence_id = (uint64_t)id;
+        break;
+    }
     default:
-        break; /* Ping, Close, Ack, Sequence and future types carry nothing we need */
+        break; /* Ping, Close and future types carry nothing we need */
     }
     return BH_OK;
 fail:
@@ -116,11 +132,20 @@ fail:
     return BH_EINVAL;
 }
 
-static int end_record(bh_buf_t *b) {
-    return bh_buf_appendc(b, BH_SR_RS);
+/* Terminate the record begun at start; on any failure drop it whole, so a capped output buffer
+ * never holds half a record. */
+static int end_record(bh_buf_t *b, size_t start, int r) {
+    if (r == 0)
+        r = bh_buf_appendc(b, BH_SR_RS);
+    if (r != 0 && b->len > start) {
+        b->len = start;
+        b->data[start] = '\0';
+    }
+    return r;
 }
 
 int bh_sr_write_completion(bh_buf_t *b, const char *invocation_id, const char *error) {
+    size_t start = b->len;
     int r = bh_buf_appends(b, "{\"type\":3,\"invocationId\":");
     if (r == 0)
         r = bh_json_write_str(b, invocation_id, strlen(invocation_id));
@@ -133,10 +158,11 @@ int bh_sr_write_completion(bh_buf_t *b, const char *invocation_id, const char *e
     }
     if (r == 0)
         r = bh_buf_appendc(b, '}');
-    return r ? r : end_record(b);
+    return end_record(b, start, r);
 }
 
 int bh_sr_write_invocation(bh_buf_t *b, const char *target, const char *arg_json, size_t len) {
+    size_t start = b->len;
     int r = bh_buf_appends(b, "{\"type\":1,\"target\":");
     if (r == 0)
         r = bh_json_write_str(b, target, strlen(target));
@@ -146,15 +172,17 @@ int bh_sr_write_invocation(bh_buf_t *b, const char *target, const char *arg_json
         r = bh_buf_append(b, arg_json, len);
     if (r == 0)
         r = bh_buf_appends(b, "]}");
-    return r ? r : end_record(b);
+    return end_record(b, start, r);
 }
 
 int bh_sr_write_ping(bh_buf_t *b) {
+    size_t start = b->len;
     int r = bh_buf_appends(b, "{\"type\":6}");
-    return r ? r : end_record(b);
+    return end_record(b, start, r);
 }
 
 int bh_sr_write_close(bh_buf_t *b, const char *error, int allow_reconnect) {
+    size_t start = b->len;
     int r = bh_buf_appends(b, "{\"type\":7");
     if (r == 0 && error) {
         r = bh_buf_appends(b, ",\"error\":");
@@ -165,10 +193,11 @@ int bh_sr_write_close(bh_buf_t *b, const char *error, int allow_reconnect) {
         r = bh_buf_appends(b, ",\"allowReconnect\":true");
     if (r == 0)
         r = bh_buf_appendc(b, '}');
-    return r ? r : end_record(b);
+    return end_record(b, start, r);
 }
 
 int bh_sr_write_handshake_response(bh_buf_t *b, const char *error) {
+    size_t start = b->len;
     int r;
     if (error) {
         r = bh_buf_appends(b, "{\"error\":");
@@ -179,5 +208,53 @@ int bh_sr_write_handshake_response(bh_buf_t *b, const char *error) {
     } else {
         r = bh_buf_appends(b, "{}");
     }
-    return r ? r : end_record(b);
+    return end_record(b, start, r);
+}
+
+static int write_ack(bh_buf_t *b, uint64_t sequence_id) {
+    size_t start = b->len;
+    int r = bh_buf_printf(b, "{\"type\":8,\"sequenceId\":%llu}", (unsigned long long)sequence_id);
+    return end_record(b, start, r);
+}
+
+static int write_sequence(bh_buf_t *b, uint64_t sequence_id) {
+    size_t start = b->len;
+    int r = bh_buf_printf(b, "{\"type\":9,\"sequenceId\":%llu}", (unsigned long long)sequence_id);
+    return end_record(b, start, r);
+}
+
+/* A record is everything up to the next 0x1E. Without one yet, the record will be at least len
+ * bytes long, so more than max buffered is already too big. */
+static int frame(const char *data, size_t len, size_t max, const char **msg, size_t *msg_len) {
+    const char *rs = memchr(data, BH_SR_RS, len);
+    if (!rs)
+        return len > max ? BH_ETOOBIG : 0;
+    size_t n = (size_t)(rs - data);
+    if (n > max || n >= INT_MAX)
+        return BH_ETOOBIG;
+    *msg = data;
+    *msg_len = n;
+    return (int)n + 1;
+}
+
+const bh_sr_protocol_t bh_sr_json_protocol = {
+    .name = "json",
+    .version = 2,
+    .binary = 0,
+    .frame = frame,
+    .parse = bh_sr_parse_message,
+    .write_completion = bh_sr_write_completion,
+    .write_invocation = bh_sr_write_invocation,
+    .write_ping = bh_sr_write_ping,
+    .write_close = bh_sr_write_close,
+    .write_ack = write_ack,
+    .write_sequence = write_sequence,
+};
+
+const bh_sr_protocol_t *bh_sr_protocol_find(const char *name) {
+    if (strcmp(name, bh_sr_json_protocol.name) == 0)
+        return &bh_sr_json_protocol;
+    if (strcmp(name, bh_sr_msgpack_protocol.name) == 0)
+        return &bh_sr_msgpack_protocol;
+    return NULL;
 }

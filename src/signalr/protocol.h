@@ -37,7 +37,7 @@ typedef struct {
  * (MessagePack is transcoded), so hub methods never see which protocol carried them. */
 typedef struct {
     const char *name; /* "json", "messagepack" (the handshake's protocol name) */
-    int version;      /* highest version supported (1) */
+    int version;      /* highest version supported (2: adds Ack/Sequence; 1 also valid) */
     int binary;       /* needs the Binary transfer format */
     /* Find the next complete message in data[0..len): returns the bytes it occupies including
      * framing (> 0) with *msg and *msg_len set to the payload, 0 when incomplete, BH_ETOOBIG when

@@ -1,5 +1,6 @@
-/* ASP.NET Core SignalR server side: negotiate (v0, v1), the WebSockets transport, the JSON hub
- * protocol (handshake, Invocation, Completion, Ping, Close), keep-alive and client timeout.
+/* ASP.NET Core SignalR server side: negotiate (v0, v1) with CORS, the WebSockets, Server-Sent
+ * Events and Long Polling transports, the JSON and MessagePack hub protocols, keep-alive and
+ * timeouts, stateful reconnect (Ack/Sequence with a replay buffer) and graceful shutdown.
  * The hub above registers methods; this layer routes invocations and answers unknown ones. */
 #ifndef BH_SIGNALR_SIGNALR_H
 #define BH_SIGNALR_SIGNALR_H
@@ -40,12 +41,27 @@ typedef struct {
     uint64_t client_timeout_ms;    /* close a connection silent this long (30000) */
     uint64_t handshake_timeout_ms; /* 15000 */
     size_t max_message;            /* largest inbound hub message (32768) */
+    /* The fields below select their default when 0 / NULL. */
+    uint64_t lp_poll_timeout_ms;  /* Long Polling: hold a poll this long without data (90000) */
+    uint64_t reconnect_window_ms; /* stateful reconnect: keep a dropped session (30000) */
+    size_t replay_max_bytes;      /* stateful reconnect: unacknowledged bytes kept (1 MiB) */
+    size_t replay_max_messages;   /* ... and messages (16384) */
+    size_t lp_max_queued;         /* Long Polling: bytes waiting for a poll (1 MiB); more closes */
+    int no_stateful_reconnect;    /* never offer useStatefulReconnect */
+    const char *cors_origins;     /* allowed browser origins, comma-separated, "*" for any;
+                                     NULL: same-origin only */
 } bh_sr_config_t;
 
 int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, size_t nmethods,
                      const bh_sr_hooks_t *hooks, void *ud, bh_sr_server_t **out);
-/* Close every connection with a Close message (allowReconnect as given). */
+/* Close every connection with a Close message (allowReconnect as given): WebSockets and SSE
+ * send it at once, Long Polling in the pending or next poll; the connections then end. New
+ * negotiates and WebSockets are refused (503) from now on. */
 void bh_sr_server_close_all(bh_sr_server_t *s, const char *error, int allow_reconnect);
+/* End whatever is left now (after close_all's grace time): on_disconnected runs for every
+ * connection, their sockets are aborted and timers closed. Run the loop afterwards so the
+ * handles finish closing; then bh_sr_server_free. Idempotent. */
+void bh_sr_server_shutdown(bh_sr_server_t *s);
 void bh_sr_server_free(bh_sr_server_t *s);
 size_t bh_sr_server_connections(const bh_sr_server_t *s);
 
@@ -59,9 +75,12 @@ const char *bh_sr_conn_key_id(const bh_sr_conn_t *c);
 const char *bh_sr_conn_id(const bh_sr_conn_t *c);
 void bh_sr_conn_set_data(bh_sr_conn_t *c, void *ud);
 void *bh_sr_conn_data(const bh_sr_conn_t *c);
-/* Send an Invocation without id (a client event): target with one argument given as JSON. */
+/* Send an Invocation without id (a client event): target with one argument given as JSON
+ * (transcoded for MessagePack). Never ends the connection synchronously: a close it causes
+ * reaches on_disconnected from a later loop callback. */
 int bh_sr_send_event(bh_sr_conn_t *c, const char *target, const char *arg_json, size_t len);
-/* Send a Close message (error may be NULL) and close the connection. */
+/* Send a Close message (error may be NULL) and close the connection; on_disconnected follows
+ * from a later loop callback. */
 void bh_sr_close(bh_sr_conn_t *c, const char *error, int allow_reconnect);
 
 #endif

@@ -148,3 +148,9 @@ int bh_store_put_key(bh_store_t *s, const bh_store_key_t *k) {
         return BH_EINVAL;
     return s->ops->put_key(s, k);
 }
+
+int bh_store_visit_ops(bh_store_t *s, const bh_store_op_visitor_t *v) {
+    if (s == NULL || v == NULL || v->op == NULL)
+        return BH_EINVAL;
+    return s->ops->visit_ops(s, v);
+}

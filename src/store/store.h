@@ -71,6 +71,15 @@ typedef struct {
     size_t nrates;
 } bh_store_change_t;
 
+/* Callbacks for bh_store_visit_ops: count first (the number of journal entries about to be
+ * visited, for sizing), then op once per journaled (user_id, op_id); strings are valid during
+ * the call only. Any non-zero return stops the walk and is returned. */
+typedef struct {
+    void *ud;
+    int (*count)(void *ud, uint64_t n);
+    int (*op)(void *ud, const char *user_id, const char *op_id);
+} bh_store_op_visitor_t;
+
 /* Called for each journal entry read back (strings valid during the call only). */
 typedef int (*bh_store_journal_fn)(void *ud, const bh_store_journal_t *j);
 
@@ -87,6 +96,7 @@ typedef struct {
                         bh_store_journal_fn fn, void *ud);
     int (*load_user)(bh_store_t *s, const char *user_id, const bh_store_visitor_t *v);
     int (*put_key)(bh_store_t *s, const bh_store_key_t *k);
+    int (*visit_ops)(bh_store_t *s, const bh_store_op_visitor_t *v);
 } bh_store_ops_t;
 
 struct bh_store {
@@ -118,5 +128,8 @@ int bh_store_read_journal(bh_store_t *s, const char *user_id, uint64_t since, si
 int bh_store_load_user(bh_store_t *s, const char *user_id, const bh_store_visitor_t *v);
 /* Insert or update (revoked flag) a key row. */
 int bh_store_put_key(bh_store_t *s, const bh_store_key_t *k);
+/* Visit every journaled (user_id, op_id) pair, in no particular order, from one consistent
+ * snapshot (the ledger's op-id filter is built from it at open). */
+int bh_store_visit_ops(bh_store_t *s, const bh_store_op_visitor_t *v);
 
 #endif

@@ -1,12 +1,14 @@
-/* WebSocket server session on wslay's event API: wslay does framing, reassembly, ping/pong and
- * the close handshake; this file feeds it bytes, serialises its output into the caller's buffer,
- * and makes sure every failure ends in a Close frame carrying the right status code. */
+/* WebSocket sessions (server and client side) on wslay's event API: wslay does framing,
+ * masking, reassembly, ping/pong and the close handshake; this file feeds it bytes, serialises its
+ * output into the caller's buffer, and makes sure every failure ends in a Close frame carrying the
+ * right status code. */
 #include "ws.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <wslay/wslay.h>
 
 #include "../base/error.h"
@@ -266,22 +268,63 @@ int bh_ws_feed(bh_ws_t *ws, const char *data, size_t len) {
     return BH_OK;
 }
 
-bh_ws_t *bh_ws_server_new(const bh_ws_callbacks_t *cb, void *ud, size_t max_msg) {
+/* Client frames are masked with unpredictable keys (RFC 6455 5.3), so a CSPRNG, not rand(). */
+static int genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user_data) {
+    if (RAND_bytes(buf, (int)len) != 1) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    return 0;
+}
+
+static bh_ws_t *ws_new(const bh_ws_callbacks_t *cb, void *ud, size_t max_msg, int client) {
     struct wslay_event_callbacks wcb = {recv_cb, send_cb, NULL, NULL, NULL, NULL, on_msg_cb};
     bh_ws_t *ws = calloc(1, sizeof(*ws));
+    int r;
 
     if (ws == NULL)
         goto fail;
     if (cb != NULL)
         ws->cb = *cb;
     ws->ud = ud;
-    if (wslay_event_context_server_init(&ws->ctx, &wcb, ws) != 0)
+    if (client) {
+        wcb.genmask_callback = genmask_cb;
+        r = wslay_event_context_client_init(&ws->ctx, &wcb, ws);
+    } else {
+        r = wslay_event_context_server_init(&ws->ctx, &wcb, ws);
+    }
+    if (r != 0)
         goto fail;
     wslay_event_config_set_max_recv_msg_length(ws->ctx, (uint64_t)max_msg);
     return ws;
 fail:
     free(ws);
     return NULL;
+}
+
+bh_ws_t *bh_ws_server_new(const bh_ws_callbacks_t *cb, void *ud, size_t max_msg) {
+    return ws_new(cb, ud, max_msg, 0);
+}
+
+bh_ws_t *bh_ws_client_new(const bh_ws_callbacks_t *cb, void *ud, size_t max_msg) {
+    return ws_new(cb, ud, max_msg, 1);
+}
+
+int bh_ws_client_key(char out[25]) {
+    unsigned char nonce[16];
+
+    if (RAND_bytes(nonce, sizeof(nonce)) != 1)
+        return BH_EIO;
+    EVP_EncodeBlock((unsigned char *)out, nonce, sizeof(nonce)); /* 24 characters and a NUL */
+    return BH_OK;
+}
+
+int bh_ws_client_check_accept(const char *key, const char *accept, size_t len) {
+    char want[29];
+
+    if (accept == NULL || len != 28 || bh_ws_accept_key(key, key ? strlen(key) : 0, want) != BH_OK)
+        return BH_EPROTO;
+    return memcmp(want, accept, 28) == 0 ? BH_OK : BH_EPROTO;
 }
 
 void bh_ws_free(bh_ws_t *ws) {

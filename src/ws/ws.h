@@ -1,6 +1,6 @@
-/* WebSocket (RFC 6455) server side: handshake key and framing, built on wslay's event API.
- * Codec only: bytes from the socket go in through bh_ws_feed, complete messages come out
- * through callbacks, frames to send are serialized into a caller's buffer by bh_ws_flush. */
+/* WebSocket (RFC 6455) server and client sides: handshake keys and framing, built on wslay's
+ * event API. Codec only: bytes from the socket go in through bh_ws_feed, complete messages come
+ * out through callbacks, frames to send are serialized into a caller's buffer by bh_ws_flush. */
 #ifndef BH_WS_WS_H
 #define BH_WS_WS_H
 
@@ -22,6 +22,14 @@ typedef struct {
 
 /* New server session. Messages larger than max_msg bytes close with 1009. */
 bh_ws_t *bh_ws_server_new(const bh_ws_callbacks_t *cb, void *ud, size_t max_msg);
+/* New client session: every frame it sends is masked with a fresh key from RAND_bytes, and a
+ * masked frame from the server is a protocol error (1002). Otherwise as the server side. */
+bh_ws_t *bh_ws_client_new(const bh_ws_callbacks_t *cb, void *ud, size_t max_msg);
+
+/* Client handshake: a fresh Sec-WebSocket-Key (base64 of 16 random bytes: 24 characters + NUL). */
+int bh_ws_client_key(char out[25]);
+/* BH_OK when accept[0..len) is the Sec-WebSocket-Accept that key calls for, else BH_EPROTO. */
+int bh_ws_client_check_accept(const char *key, const char *accept, size_t len);
 void bh_ws_free(bh_ws_t *ws);
 
 /* Feed bytes read from the socket. Protocol errors queue a Close with the fitting code
@@ -31,7 +39,7 @@ int bh_ws_feed(bh_ws_t *ws, const char *data, size_t len);
 int bh_ws_send(bh_ws_t *ws, int binary, const char *data, size_t len);
 /* Queue a Close frame with code and reason (start of the close handshake). */
 int bh_ws_close(bh_ws_t *ws, uint16_t code, const char *reason);
-/* Serialize every queued frame into out (unmasked, server side). */
+/* Serialize every queued frame into out (masked on the client side only). */
 int bh_ws_flush(bh_ws_t *ws, bh_buf_t *out);
 /* True once a Close was both sent and received, or a protocol error was answered with a
  * Close: the TCP connection should be closed after the last flush is written. */

@@ -81,7 +81,7 @@ export function adminJson(dataDir, ...args) {
 // ---------------------------------------------------------------------------------------------
 // the server
 
-const READY_RE = /listening on (http:\/\/127\.0\.0\.1:(\d+))/;
+const READY_RE = /listening on (https?:\/\/127\.0\.0\.1:(\d+))/;
 
 // Starts `balancehub serve --listen 127.0.0.1:0 --data DIR [--demo] EXTRA...` and waits for its
 // "listening on" line. Returns {url, hubUrl, port, apiKey, dataDir, proc, connect(), stop(), ...}.

@@ -20,6 +20,7 @@
 #include "base/error.h"
 #include "base/log.h"
 #include "ledger/ledger.h"
+#include "ledger/opfilter.h"
 #include "store/store.h"
 
 #define MAXEV 4096
@@ -1796,6 +1797,89 @@ static void test_garbage_ops(void **state) {
     }
 }
 
+/* The op-id filter alone: no false "no" for any key added, across several layers; the rate of
+ * false "maybe" for keys never added stays under the 1% bound. */
+static void test_opfilter(void **state) {
+    bh_opfilter_t f;
+    char key[64];
+    size_t maybe = 0, nkeys = 3 * BH_OPFILTER_MIN_KEYS + 1000, probes = 200000;
+    (void)state;
+
+    assert_int_equal(bh_opfilter_init(&f, 0), BH_OK);
+    assert_int_equal(f.nlayers, 1);
+    assert_false(bh_opfilter_maybe(&f, "u1\x1fop", strlen("u1\x1fop")));
+    for (size_t i = 0; i < nkeys; i++) {
+        int n = snprintf(key, sizeof key, "user-%zu\x1fop-%zu", i % 97, i);
+        bh_opfilter_add(&f, key, (size_t)n);
+    }
+    assert_true(f.nlayers >= 2); /* it grew instead of filling up */
+    assert_false(f.saturated);
+    assert_int_equal(f.n, nkeys);
+    for (size_t i = 0; i < nkeys; i++) {
+        int n = snprintf(key, sizeof key, "user-%zu\x1fop-%zu", i % 97, i);
+        assert_true(bh_opfilter_maybe(&f, key, (size_t)n));
+    }
+    for (size_t i = 0; i < probes; i++) {
+        int n = snprintf(key, sizeof key, "user-%zu\x1fop-%zu", i % 97, nkeys + i);
+        maybe += bh_opfilter_maybe(&f, key, (size_t)n);
+    }
+    assert_true((double)maybe < BH_OPFILTER_FPR * (double)probes);
+    /* Every byte of the key counts: a prefix or a one-byte change is another key. */
+    static const char *const near[] = {"user-1\x1fop-", "user-1\x1fop-2", "user-2\x1fop-1",
+                                       "user-1\x1fop-1 ", "ser-1\x1fop-1"};
+    assert_true(bh_opfilter_maybe(&f, "user-1\x1fop-1", strlen("user-1\x1fop-1")));
+    maybe = 0;
+    for (size_t i = 0; i < sizeof near / sizeof near[0]; i++)
+        maybe += bh_opfilter_maybe(&f, near[i], strlen(near[i]));
+    assert_true(maybe <= 1);
+    /* Saturated (a layer could not be allocated): never a false "no". */
+    f.saturated = true;
+    assert_true(bh_opfilter_maybe(&f,
+                                  "never\x1f"
+                                  "added",
+                                  strlen("never\x1f"
+                                         "added")));
+    bh_opfilter_free(&f);
+    assert_int_equal(f.nlayers, 0);
+}
+
+/* The filter at open holds the journal written by an earlier ledger (repeats still answer the
+ * first result after a restart, many ops and users); while open it holds what this ledger
+ * commits. A journal row written behind the ledger's back (another process) is not seen by the
+ * filter, but the store's UNIQUE(user_id, op_id) still refuses to apply it twice. */
+static void test_opfilter_in_ledger(void **state) {
+    fx_t *f = *state;
+    char id[32], *first[40];
+
+    expect_ok(f, mk_create("u1", "c", "EUR", "0"), 1);
+    expect_ok(f, mk_create("u2", "c", "EUR", "0"), 1);
+    for (int i = 0; i < 40; i++) {
+        snprintf(id, sizeof id, "op-%d", i);
+        first[i] = result_of(f, mk(BH_OP_DEPOSIT, i % 2 ? "u2" : "u1", id, "BTC=1", NULL));
+    }
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 40; i++) {
+            snprintf(id, sizeof id, "op-%d", i);
+            expect_repeat(f, mk(BH_OP_WITHDRAW, i % 2 ? "u2" : "u1", id, "BTC=9", NULL),
+                          (uint64_t)(i / 2 + 2), first[i]);
+        }
+        reopen(f);
+    }
+    /* The same op id under another user is another op. */
+    expect_ok(f, mk(BH_OP_DEPOSIT, "u1", "op-1", "BTC=1", NULL), 22);
+    exec_sql(f->path, "INSERT INTO journal(user_id, sequence, op_id, op, detail, result, time_ms) "
+                      "VALUES('u2', 1000, 'behind', 'deposit', '{}', '{}', 0)");
+    expect_reject(f, mk(BH_OP_DEPOSIT, "u2", "behind", "BTC=1", NULL), BH_ESTORE,
+                  "the store could not commit the change (already exists)");
+    assert_int_equal(seq_of(f, "u2"), 21);
+    /* After a restart the filter knows it from the store: a repeat. */
+    reopen(f);
+    expect_repeat(f, mk(BH_OP_DEPOSIT, "u2", "behind", "BTC=1", NULL), 1000, "{}");
+    expect_ok(f, mk(BH_OP_DEPOSIT, "u2", "op-0", "BTC=1", NULL), 22);
+    for (int i = 0; i < 40; i++)
+        free(first[i]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_user, setup, teardown),
@@ -1819,6 +1903,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_snapshot_refcount, setup, teardown),
         cmocka_unit_test_setup_teardown(test_submit_from_callbacks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_ops, setup, teardown),
+        cmocka_unit_test(test_opfilter),
+        cmocka_unit_test_setup_teardown(test_opfilter_in_ledger, setup, teardown),
     };
     bh_log_set_level(BH_LOG_ERROR + 1); /* expected store failures would log; keep output clean */
     return cmocka_run_group_tests(tests, NULL, NULL);

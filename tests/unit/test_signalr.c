@@ -1,4 +1,5 @@
-/* SignalR JSON hub protocol codec: parsing rules and the exact bytes the server sends. */
+/* SignalR JSON hub protocol codec: parsing rules, the exact bytes the server sends, framing, and
+ * the protocol table. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -151,6 +152,136 @@ static void test_prefixes_never_crash(void **state) {
     }
 }
 
+static void test_ack_sequence(void **state) {
+    bh_json_doc_t *doc = NULL;
+    bh_sr_msg_t m;
+    const char *err = NULL;
+    const char *ack = "{\"type\":8,\"sequenceId\":1394}";
+    assert_int_equal(bh_sr_parse_message(ack, strlen(ack), &doc, &m, &err), BH_OK);
+    assert_int_equal(m.type, BH_SR_ACK);
+    assert_int_equal(m.sequence_id, 1394);
+    bh_json_free(doc);
+    const char *seq = "{\"sequenceId\":9223372036854775807,\"type\":9}";
+    assert_int_equal(bh_sr_parse_message(seq, strlen(seq), &doc, &m, &err), BH_OK);
+    assert_int_equal(m.type, BH_SR_SEQUENCE);
+    assert_int_equal(m.sequence_id, INT64_MAX);
+    bh_json_free(doc);
+    assert_int_equal(parse("{\"type\":9,\"sequenceId\":0}", &m, &err), BH_OK);
+    assert_int_equal(m.sequence_id, 0);
+    static const struct {
+        const char *text, *err;
+    } bad[] = {
+        {"{\"type\":8}", "Missing required property 'sequenceId'."},
+        {"{\"type\":9}", "Missing required property 'sequenceId'."},
+        {"{\"type\":8,\"sequenceId\":\"1\"}", "Expected 'sequenceId' to be of type Integer."},
+        {"{\"type\":8,\"sequenceId\":null}", "Expected 'sequenceId' to be of type Integer."},
+        {"{\"type\":8,\"sequenceId\":1.5}", "Expected 'sequenceId' to be of type Integer."},
+        {"{\"type\":8,\"sequenceId\":1e3}", "Expected 'sequenceId' to be of type Integer."},
+        {"{\"type\":9,\"sequenceId\":-1}", "Expected 'sequenceId' to be of type Integer."},
+        {"{\"type\":9,\"sequenceId\":9223372036854775808}",
+         "Expected 'sequenceId' to be of type Integer."},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err = NULL;
+        assert_int_equal(parse(bad[i].text, &m, &err), BH_EINVAL);
+        assert_string_equal(err, bad[i].err);
+    }
+}
+
+static void test_table(void **state) {
+    const bh_sr_protocol_t *p = bh_sr_protocol_find("json");
+    assert_ptr_equal(p, &bh_sr_json_protocol);
+    assert_string_equal(p->name, "json");
+    assert_int_equal(p->binary, 0);
+    assert_int_equal(p->version, 2);
+    assert_ptr_equal(p->parse, bh_sr_parse_message);
+    assert_null(bh_sr_protocol_find("JSON"));
+    assert_null(bh_sr_protocol_find("xml"));
+
+    bh_buf_t b;
+    bh_buf_init(&b, 0);
+    assert_int_equal(p->write_ack(&b, 1394), BH_OK);
+    expect_buf(&b, "{\"type\":8,\"sequenceId\":1394}\x1e");
+    assert_int_equal(p->write_sequence(&b, 0), BH_OK);
+    expect_buf(&b, "{\"type\":9,\"sequenceId\":0}\x1e");
+    assert_int_equal(p->write_sequence(&b, UINT64_MAX), BH_OK);
+    expect_buf(&b, "{\"type\":9,\"sequenceId\":18446744073709551615}\x1e");
+    /* The table's writers are the public ones. */
+    assert_int_equal(p->write_completion(&b, "1", NULL), BH_OK);
+    expect_buf(&b, "{\"type\":3,\"invocationId\":\"1\",\"result\":null}\x1e");
+    assert_int_equal(p->write_invocation(&b, "e", "1", 1), BH_OK);
+    expect_buf(&b, "{\"type\":1,\"target\":\"e\",\"arguments\":[1]}\x1e");
+    assert_int_equal(p->write_ping(&b), BH_OK);
+    expect_buf(&b, "{\"type\":6}\x1e");
+    assert_int_equal(p->write_close(&b, NULL, 1), BH_OK);
+    expect_buf(&b, "{\"type\":7,\"allowReconnect\":true}\x1e");
+    /* Capped buffer: an error, never a partial record past the cap. */
+    for (size_t cap = 1; cap < 80; cap++) {
+        bh_buf_t small;
+        bh_buf_init(&small, cap);
+        int rcs[] = {
+            p->write_completion(&small, "12", "Unknown hub method 'X'"),
+            p->write_invocation(&small, "target", "[1,2]", 5),
+            p->write_close(&small, "bye", 1),
+            p->write_ack(&small, 123456),
+            p->write_sequence(&small, 7),
+            p->write_ping(&small),
+            bh_sr_write_handshake_response(&small, "no"),
+        };
+        for (size_t i = 0; i < sizeof rcs / sizeof rcs[0]; i++)
+            assert_true(rcs[i] == BH_OK || rcs[i] == BH_ETOOBIG);
+        /* Only whole records: every one of them parses. */
+        size_t off = 0;
+        while (off < small.len) {
+            const char *rec;
+            size_t n;
+            int used = p->frame(small.data + off, small.len - off, 1000, &rec, &n);
+            assert_true(used > 0);
+            bh_json_doc_t *doc = NULL;
+            bh_sr_msg_t m;
+            const char *err;
+            if (n == 14 && memcmp(rec, "{\"error\":\"no\"}", 14) == 0) /* the handshake reply */
+                ;
+            else
+                assert_int_equal(bh_sr_parse_message(rec, n, &doc, &m, &err), BH_OK);
+            bh_json_free(doc);
+            off += (size_t)used;
+        }
+        bh_buf_free(&small);
+    }
+    bh_buf_free(&b);
+}
+
+static void test_frame(void **state) {
+    const bh_sr_protocol_t *p = &bh_sr_json_protocol;
+    const char *msg = NULL;
+    size_t len = 99;
+    /* One record: its bytes without the separator; the separator counted as consumed. */
+    assert_int_equal(p->frame("{}\x1e{\"a\"", 7, 100, &msg, &len), 3);
+    assert_int_equal(len, 2);
+    assert_memory_equal(msg, "{}", 2);
+    assert_int_equal(p->frame("\x1e", 1, 100, &msg, &len), 1);
+    assert_int_equal(len, 0);
+    /* Incomplete. */
+    assert_int_equal(p->frame("", 0, 100, &msg, &len), 0);
+    assert_int_equal(p->frame("{\"type\":6", 9, 100, &msg, &len), 0);
+    /* Size limit: a record of exactly max bytes is fine, one more is not; without a separator
+     * yet, more than max bytes buffered is already too big. */
+    assert_int_equal(p->frame("0123456789\x1e", 11, 10, &msg, &len), 11);
+    assert_int_equal(len, 10);
+    assert_int_equal(p->frame("01234567890\x1e", 12, 10, &msg, &len), BH_ETOOBIG);
+    assert_int_equal(p->frame("0123456789", 10, 10, &msg, &len), 0);
+    assert_int_equal(p->frame("01234567890", 11, 10, &msg, &len), BH_ETOOBIG);
+    assert_int_equal(p->frame("\x1e", 1, 0, &msg, &len), 1);
+    assert_int_equal(p->frame("x", 1, 0, &msg, &len), BH_ETOOBIG);
+    /* Every prefix of a record without its separator is incomplete, never a crash. */
+    const char *rec = "{\"type\":8,\"sequenceId\":3}\x1e";
+    size_t n = strlen(rec);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(p->frame(rec, i, 1000, &msg, &len), 0);
+    assert_int_equal(p->frame(rec, n, 1000, &msg, &len), (int)n);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_invocation),
@@ -160,6 +291,9 @@ int main(void) {
         cmocka_unit_test(test_handshake),
         cmocka_unit_test(test_writers),
         cmocka_unit_test(test_prefixes_never_crash),
+        cmocka_unit_test(test_ack_sequence),
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_frame),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

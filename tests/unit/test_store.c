@@ -988,6 +988,169 @@ static void test_duplicate_op_id_per_user(void **state) {
     bh_buf_free(&buf);
 }
 
+/* The WAL gathering under the SQLite handle: commits of every size land in the file before
+ * commit_batch returns (a separate plain connection sees them while the store is still open,
+ * WAL not checkpointed), including one larger than the gather buffer (written through in
+ * chunks), many small commits in a row, and a rewrite after a failed batch. */
+static void test_wal_gathering(void **state) {
+    enum { NBIG = 24, BIG = 400 * 1024 };
+    fx_t *f = *state;
+    bh_store_user_t u = mk_user("u1", "EUR", "0", 1);
+    bh_store_journal_t j = mk_j("u1", 1, "create-user", "create-user", "{}");
+    bh_store_user_t us[NBIG];
+    bh_store_journal_t js[NBIG];
+    bh_store_change_t batch[NBIG];
+    char ids[NBIG][16], *big = malloc(BIG + 1);
+    char want[64];
+
+    assert_non_null(big);
+    assert_int_equal(commit1(f->s, &u, NULL, 0, &j), BH_OK);
+    assert_sql(f->path, "SELECT count(*) FROM journal", "1");
+    /* ~10 MB in one transaction: past the 8 MiB gather buffer. */
+    memset(big, 'x', BIG);
+    big[BIG] = '\0';
+    for (int i = 0; i < NBIG; i++) {
+        snprintf(ids[i], sizeof ids[i], "big-%d", i);
+        us[i] = mk_user("u1", "EUR", "0", (uint64_t)i + 2);
+        js[i] = mk_jr("u1", (uint64_t)i + 2, ids[i], "deposit", "{}", big);
+        batch[i] = ch(&us[i], NULL, 0, &js[i]);
+    }
+    assert_int_equal(bh_store_commit_batch(f->s, batch, NBIG), BH_OK);
+    snprintf(want, sizeof want, "%d|%d", NBIG + 1, NBIG * BIG);
+    assert_sql(f->path, "SELECT count(*) || '|' || sum(length(ifnull(result, ''))) FROM journal",
+               want);
+    /* Many small commits, each visible at once. */
+    for (int i = 0; i < 200; i++) {
+        char op[16];
+        snprintf(op, sizeof op, "s-%d", i);
+        u.sequence = (uint64_t)NBIG + 2 + (uint64_t)i;
+        j = mk_j("u1", u.sequence, op, "deposit", "{}");
+        assert_int_equal(commit1(f->s, &u, NULL, 0, &j), BH_OK);
+        if (i % 50 == 49) {
+            snprintf(want, sizeof want, "%d", NBIG + 2 + i);
+            assert_sql(f->path, "SELECT count(*) FROM journal", want);
+        }
+    }
+    /* A failed batch (repeated op id, after other rows were written in the transaction)
+     * leaves nothing, and the next commit reuses the log space it had taken. */
+    us[0] = mk_user("u1", "EUR", "0", (uint64_t)NBIG + 202);
+    js[0] = mk_jr("u1", (uint64_t)NBIG + 202, "fresh", "deposit", "{}", big);
+    us[1] = us[0];
+    us[1].sequence++;
+    js[1] = mk_jr("u1", us[1].sequence, "s-3", "deposit", "{}", big);
+    batch[0] = ch(&us[0], NULL, 0, &js[0]);
+    batch[1] = ch(&us[1], NULL, 0, &js[1]);
+    assert_int_equal(bh_store_commit_batch(f->s, batch, 2), BH_EEXIST);
+    assert_int_equal(bh_store_commit_batch(f->s, batch, 1), BH_OK);
+    snprintf(want, sizeof want, "%d|%d", NBIG + 202, (NBIG + 1) * BIG);
+    assert_sql(f->path, "SELECT count(*) || '|' || sum(length(ifnull(result, ''))) FROM journal",
+               want);
+    assert_sql(f->path, "PRAGMA integrity_check", "ok");
+    reopen(f);
+    assert_sql(f->path, "SELECT count(*) FROM journal WHERE op_id = 'fresh'", "1");
+    free(big);
+}
+
+/* ---- visit_ops ---- */
+
+typedef struct {
+    int ncount;
+    uint64_t count;
+    char seen[1024];
+    int nops, stop_after;
+} opcol_t;
+
+static int op_count(void *ud, uint64_t n) {
+    opcol_t *c = ud;
+    c->ncount++;
+    c->count = n;
+    return c->nops; /* 0: count comes before any op */
+}
+
+static int op_seen(void *ud, const char *user_id, const char *op_id) {
+    opcol_t *c = ud;
+    size_t len = strlen(c->seen);
+    snprintf(c->seen + len, sizeof c->seen - len, "%s/%s;", user_id, op_id);
+    return ++c->nops == c->stop_after ? 42 : 0;
+}
+
+/* Sorted "user/op;" items, so the check does not depend on the visiting order. */
+static void sort_items(char *s) {
+    char *items[64], buf[1024];
+    size_t n = 0;
+    for (char *p = strtok(s, ";"); p && n < 64; p = strtok(NULL, ";"))
+        items[n++] = strdup(p);
+    for (size_t i = 1; i < n; i++)
+        for (size_t k = i; k > 0 && strcmp(items[k - 1], items[k]) > 0; k--) {
+            char *t = items[k];
+            items[k] = items[k - 1];
+            items[k - 1] = t;
+        }
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        strcat(buf, items[i]);
+        strcat(buf, ";");
+        free(items[i]);
+    }
+    strcpy(s, buf);
+}
+
+static void test_visit_ops(void **state) {
+    fx_t *f = *state;
+    bh_store_user_t u = mk_user("u1", "EUR", "100", 1);
+    bh_store_user_t v = mk_user("u2", "EUR", "0", 1);
+    bh_store_journal_t j1 = mk_j("u1", 1, "create-user", "create-user", "{}");
+    bh_store_journal_t j2 = mk_j("u2", 1, "create-user", "create-user", "{}");
+    bh_store_journal_t j3 = mk_j("u1", 2, "op x/ \"1\"", "deposit", "{}");
+    opcol_t c;
+    bh_store_op_visitor_t ov = {.ud = &c, .count = op_count, .op = op_seen};
+
+    memset(&c, 0, sizeof c);
+    assert_int_equal(bh_store_visit_ops(f->s, &ov), BH_OK);
+    assert_int_equal(c.ncount, 1);
+    assert_int_equal(c.count, 0);
+    assert_int_equal(c.nops, 0);
+
+    assert_int_equal(commit1(f->s, &u, NULL, 0, &j1), BH_OK);
+    assert_int_equal(commit1(f->s, &v, NULL, 0, &j2), BH_OK);
+    u.sequence = 2;
+    assert_int_equal(commit1(f->s, &u, NULL, 0, &j3), BH_OK);
+    reopen(f);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(bh_store_visit_ops(f->s, &ov), BH_OK);
+    assert_int_equal(c.ncount, 1);
+    assert_int_equal(c.count, 3);
+    assert_int_equal(c.nops, 3);
+    sort_items(c.seen);
+    assert_string_equal(c.seen, "u1/create-user;u1/op x/ \"1\";u2/create-user;");
+
+    /* Without a count callback; a non-zero return stops the walk and is returned. */
+    memset(&c, 0, sizeof c);
+    c.stop_after = 2;
+    ov.count = NULL;
+    assert_int_equal(bh_store_visit_ops(f->s, &ov), 42);
+    assert_int_equal(c.nops, 2);
+    assert_int_equal(c.ncount, 0);
+    /* The handle is usable afterwards (the read transaction ended). */
+    u.sequence = 3;
+    j3 = mk_j("u1", 3, "after", "deposit", "{}");
+    assert_int_equal(commit1(f->s, &u, NULL, 0, &j3), BH_OK);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(bh_store_visit_ops(f->s, &ov), BH_OK);
+    assert_int_equal(c.nops, 4);
+
+    assert_int_equal(bh_store_visit_ops(NULL, &ov), BH_EINVAL);
+    assert_int_equal(bh_store_visit_ops(f->s, NULL), BH_EINVAL);
+    ov.op = NULL;
+    assert_int_equal(bh_store_visit_ops(f->s, &ov), BH_EINVAL);
+
+    /* A malformed op id stops the walk as corruption. */
+    exec_raw(f->path, "UPDATE journal SET op_id = '' WHERE op_id = 'after'");
+    ov.op = op_seen;
+    memset(&c, 0, sizeof c);
+    assert_int_equal(bh_store_visit_ops(f->s, &ov), BH_ESTORE);
+}
+
 /* ---- read_journal ---- */
 
 static void test_read_journal(void **state) {
@@ -1495,6 +1658,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_open_urls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_other_schema_versions_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_visit_ops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wal_gathering, setup, teardown),
         cmocka_unit_test_setup_teardown(test_exact_decimal_text, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commit_updates_and_upserts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_many_atomic_reopen, setup, teardown),

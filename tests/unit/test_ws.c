@@ -1,6 +1,7 @@
 /* Unit tests for src/ws: accept key, client frames in (masked, fragmented, interleaved control
  * frames, split at every byte), every failure's Close code, the close handshake, and the exact
- * bytes of server frames. */
+ * bytes of server frames; then the client side: handshake key and accept check, masked frames
+ * out, unmasked server frames in (fragmented, byte by byte), masked server frames refused. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -722,17 +723,228 @@ static void test_flush_cap(void **state) {
     bh_buf_free(&rest);
 }
 
+/* ---- client side: frames out are masked with fresh keys, frames in must be unmasked ---- */
+
+static void fx_init_client(fx_t *f, size_t max_msg) {
+    static const bh_ws_callbacks_t cb = {on_message};
+
+    memset(f, 0, sizeof(*f));
+    bh_buf_init(&f->out, 0);
+    bh_buf_init(&f->data, 0);
+    f->ws = bh_ws_client_new(&cb, f, max_msg);
+    assert_non_null(f->ws);
+}
+
+/* Take one client frame from b at *pos: checks the first byte, the mask bit and the length,
+ * unmasks the payload and compares it with want; returns the masking key in key. */
+static void take_masked(const bh_buf_t *b, size_t *pos, unsigned char first, const void *want,
+                        size_t n, unsigned char key[4]) {
+    const unsigned char *h = (const unsigned char *)b->data + *pos;
+    size_t hl = 2, len = h[1] & 0x7f, i;
+
+    assert_true(b->len - *pos >= 6);
+    assert_int_equal(h[0], first);
+    assert_true(h[1] & 0x80); /* masked */
+    if (len == 126) {
+        len = (size_t)h[2] << 8 | h[3];
+        hl = 4;
+    } else if (len == 127) {
+        len = 0;
+        for (i = 0; i < 8; i++)
+            len = len << 8 | h[2 + i];
+        hl = 10;
+    }
+    assert_int_equal(len, n);
+    assert_true(b->len - *pos >= hl + 4 + n);
+    memcpy(key, h + hl, 4);
+    for (i = 0; i < n; i++)
+        assert_int_equal(h[hl + 4 + i] ^ key[i % 4], ((const unsigned char *)want)[i]);
+    *pos += hl + 4 + n;
+}
+
+static void test_client_key(void **state) {
+    char k1[25], k2[25], accept[29];
+
+    assert_int_equal(bh_ws_client_key(k1), BH_OK);
+    assert_int_equal(bh_ws_client_key(k2), BH_OK);
+    assert_int_equal(strlen(k1), 24);
+    assert_memory_equal(k1 + 22, "==", 2);
+    assert_string_not_equal(k1, k2); /* 128 random bits each */
+    /* a key the server side accepts, and whose answer the client side accepts */
+    assert_int_equal(bh_ws_accept_key(k1, 24, accept), BH_OK);
+    assert_int_equal(bh_ws_client_check_accept(k1, accept, 28), BH_OK);
+    assert_int_equal(bh_ws_client_check_accept(k2, accept, 28), BH_EPROTO);
+
+    /* RFC 6455 1.3 */
+    assert_int_equal(
+        bh_ws_client_check_accept("dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", 28),
+        BH_OK);
+    assert_int_equal(
+        bh_ws_client_check_accept("dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOp=", 28),
+        BH_EPROTO);
+    assert_int_equal(
+        bh_ws_client_check_accept("dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo", 27),
+        BH_EPROTO);
+    assert_int_equal(bh_ws_client_check_accept("dGhlIHNhbXBsZSBub25jZQ==", "", 0), BH_EPROTO);
+    assert_int_equal(bh_ws_client_check_accept("dGhlIHNhbXBsZSBub25jZQ==", NULL, 28), BH_EPROTO);
+    assert_int_equal(bh_ws_client_check_accept("short", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", 28),
+                     BH_EPROTO);
+    assert_int_equal(bh_ws_client_check_accept(NULL, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", 28),
+                     BH_EPROTO);
+}
+
+static void test_client_frames_masked(void **state) {
+    static char big[70000];
+    unsigned char k1[4], k2[4], k3[4];
+    size_t pos = 0;
+    fx_t f;
+
+    memset(big, 'z', sizeof(big));
+    fx_init_client(&f, 1024);
+    assert_int_equal(bh_ws_send(f.ws, 0, "Hello", 5), BH_OK);
+    assert_int_equal(bh_ws_send(f.ws, 1, big, 200), BH_OK);
+    assert_int_equal(bh_ws_send(f.ws, 0, big, sizeof(big)), BH_OK);
+    assert_int_equal(bh_ws_send(f.ws, 0, "", 0), BH_OK);
+    flush(&f);
+    take_masked(&f.out, &pos, 0x81, "Hello", 5, k1);
+    take_masked(&f.out, &pos, 0x82, big, 200, k2);
+    take_masked(&f.out, &pos, 0x81, big, sizeof(big), k3);
+    assert_int_equal(f.out.len - pos, 6); /* empty text frame: header and key only */
+    assert_memory_equal(f.out.data + pos, "\x81\x80", 2);
+    /* a fresh key per frame (equal by chance with probability 2^-32) */
+    assert_memory_not_equal(k1, k2, 4);
+    assert_memory_not_equal(k2, k3, 4);
+    fx_free(&f);
+}
+
+static void client_stream(bh_buf_t *in) {
+    frame_ex(in, 0, 0x1, 0, "Hel", 3);
+    frame_ex(in, FIN, 0x9, 0, "ping", 4);
+    frame_ex(in, 0, 0x0, 0, "l", 1);
+    frame_ex(in, FIN, 0x0, 0, "o!", 2);
+    frame_ex(in, FIN, 0x2, 0, "\x00\x01", 2);
+}
+
+static void check_client_stream(fx_t *f) {
+    unsigned char key[4];
+    size_t pos = 0;
+
+    assert_int_equal(f->count, 2);
+    assert_int_equal(f->binary[0], 0);
+    assert_int_equal(f->len[0], 6);
+    assert_int_equal(f->binary[1], 1);
+    assert_int_equal(f->len[1], 2);
+    assert_memory_equal(f->data.data, "Hello!\x00\x01", 8);
+    flush(f);
+    take_masked(&f->out, &pos, 0x8a, "ping", 4, key); /* the pong, masked too */
+    assert_int_equal(pos, f->out.len);
+}
+
+static void test_client_server_frames(void **state) {
+    bh_buf_t in;
+    fx_t f;
+
+    bh_buf_init(&in, 0);
+    client_stream(&in);
+    fx_init_client(&f, 1024);
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    check_client_stream(&f);
+    fx_free(&f);
+
+    /* the same stream one byte at a time */
+    fx_init_client(&f, 1024);
+    for (size_t i = 0; i < in.len; i++)
+        assert_int_equal(feed(&f, in.data + i, 1), BH_OK);
+    check_client_stream(&f);
+    fx_free(&f);
+    bh_buf_free(&in);
+}
+
+static void test_client_masked_from_server_is_1002(void **state) {
+    static const unsigned char masked[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d,
+                                           0x7f, 0x9f, 0x4d, 0x51, 0x58};
+    unsigned char key[4];
+    size_t pos = 0;
+    fx_t f;
+
+    fx_init_client(&f, 1024);
+    assert_int_equal(feed(&f, masked, sizeof(masked)), BH_EPROTO);
+    assert_int_equal(f.count, 0);
+    flush(&f);
+    take_masked(&f.out, &pos, 0x88, "\x03\xea", 2, key);
+    assert_int_equal(pos, f.out.len);
+    assert_true(bh_ws_finished(f.ws));
+    fx_free(&f);
+
+    /* too big for max_msg: 1009, masked */
+    fx_init_client(&f, 4);
+    bh_buf_t in;
+    bh_buf_init(&in, 0);
+    frame_ex(&in, FIN, 0x1, 0, "12345", 5);
+    assert_int_equal(feed(&f, in.data, in.len), BH_EPROTO);
+    flush(&f);
+    pos = 0;
+    take_masked(&f.out, &pos, 0x88, "\x03\xf1", 2, key);
+    fx_free(&f);
+    bh_buf_free(&in);
+}
+
+static void test_client_close_handshake(void **state) {
+    unsigned char key[4];
+    size_t pos = 0;
+    fx_t f;
+
+    fx_init_client(&f, 1024);
+    assert_int_equal(bh_ws_close(f.ws, 1000, "bye"), BH_OK);
+    flush(&f);
+    take_masked(&f.out, &pos, 0x88,
+                "\x03\xe8"
+                "bye",
+                5, key);
+    assert_false(bh_ws_finished(f.ws));
+    /* the server's echo, unmasked */
+    assert_int_equal(feed(&f, "\x88\x02\x03\xe8", 4), BH_OK);
+    assert_int_equal(bh_ws_peer_close_code(f.ws), 1000);
+    assert_true(bh_ws_finished(f.ws));
+    assert_int_equal(bh_ws_send(f.ws, 0, "late", 4), BH_ECLOSED);
+    fx_free(&f);
+
+    /* a Close from the server first: the client echoes it, masked */
+    fx_init_client(&f, 1024);
+    assert_int_equal(feed(&f, "\x88\x02\x03\xe9", 4), BH_OK);
+    assert_int_equal(bh_ws_peer_close_code(f.ws), 1001);
+    flush(&f);
+    pos = 0;
+    take_masked(&f.out, &pos, 0x88, "\x03\xe9", 2, key);
+    assert_true(bh_ws_finished(f.ws));
+    fx_free(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_accept_key),           cmocka_unit_test(test_rfc_hello),
-        cmocka_unit_test(test_fragmented_with_ping), cmocka_unit_test(test_ping_pong_sizes),
-        cmocka_unit_test(test_unmasked_is_1002),     cmocka_unit_test(test_protocol_errors),
-        cmocka_unit_test(test_bad_header_split),     cmocka_unit_test(test_good_then_bad),
-        cmocka_unit_test(test_invalid_utf8_is_1007), cmocka_unit_test(test_oversize_is_1009),
-        cmocka_unit_test(test_peer_close),           cmocka_unit_test(test_server_close),
-        cmocka_unit_test(test_close_arguments),      cmocka_unit_test(test_byte_at_a_time),
-        cmocka_unit_test(test_garbage_no_crash),     cmocka_unit_test(test_echo_from_callback),
-        cmocka_unit_test(test_send_frames),          cmocka_unit_test(test_flush_cap),
+        cmocka_unit_test(test_accept_key),
+        cmocka_unit_test(test_rfc_hello),
+        cmocka_unit_test(test_fragmented_with_ping),
+        cmocka_unit_test(test_ping_pong_sizes),
+        cmocka_unit_test(test_unmasked_is_1002),
+        cmocka_unit_test(test_protocol_errors),
+        cmocka_unit_test(test_bad_header_split),
+        cmocka_unit_test(test_good_then_bad),
+        cmocka_unit_test(test_invalid_utf8_is_1007),
+        cmocka_unit_test(test_oversize_is_1009),
+        cmocka_unit_test(test_peer_close),
+        cmocka_unit_test(test_server_close),
+        cmocka_unit_test(test_close_arguments),
+        cmocka_unit_test(test_byte_at_a_time),
+        cmocka_unit_test(test_garbage_no_crash),
+        cmocka_unit_test(test_echo_from_callback),
+        cmocka_unit_test(test_send_frames),
+        cmocka_unit_test(test_flush_cap),
+        cmocka_unit_test(test_client_key),
+        cmocka_unit_test(test_client_frames_masked),
+        cmocka_unit_test(test_client_server_frames),
+        cmocka_unit_test(test_client_masked_from_server_is_1002),
+        cmocka_unit_test(test_client_close_handshake),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,187 @@
+/* Internals of src/signalr shared by its files: the server, the transport-independent session
+ * (bh_sr_conn_t) and the small function table each transport (WebSockets, Server-Sent Events,
+ * Long Polling) implements, the connection-token registry and HTTP request helpers. */
+#ifndef BH_SIGNALR_INTERNAL_H
+#define BH_SIGNALR_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "../base/buf.h"
+#include "protocol.h"
+#include "signalr.h"
+
+/* A connection token: 16 random id bytes, 8 bytes of expiry (ms, big-endian; the top bit says
+ * stateful reconnect was negotiated), 16 bytes of HMAC-SHA256 over both and the API key id,
+ * in base64url. Any node with the secret can check it (WebSockets need no shared state). */
+#define BH_SR_TOKEN_RAW 40
+#define BH_SR_TOKEN_CHARS 54
+#define BH_SR_TOKEN_TTL_MS 120000
+#define BH_SR_CONN_ID_CHARS 22
+#define BH_SR_CORS_MAX 512
+
+typedef struct bh_sr_transport bh_sr_transport_t;
+
+/* Where a session is in its life. PENDING: negotiated, no transport yet (in the pending FIFO);
+ * OPEN: a transport is attached; DETACHED: a stateful-reconnect WebSocket dropped and the
+ * session waits for the client to come back within the reconnect window. */
+enum { BH_SR_PENDING, BH_SR_OPEN, BH_SR_DETACHED };
+
+struct bh_sr_conn {
+    bh_sr_server_t *srv;
+    bh_sr_conn_t *prev, *next; /* srv->pending (PENDING) or srv->conns (otherwise) */
+    bh_sr_conn_t *hnext;       /* registry chain */
+    uint64_t hash;
+    const bh_sr_transport_t *tp;   /* NULL while PENDING */
+    void *att;                     /* the transport's state for this session; NULL when none */
+    const bh_sr_protocol_t *proto; /* set by the handshake */
+    uv_loop_t *loop;
+    uv_timer_t timer; /* timeouts, pings, deferred work; the session is freed when it closes */
+    void *app;
+    bh_buf_t in;         /* an incomplete message carried between reads */
+    uint64_t expires_ms; /* PENDING: forgotten after this */
+    uint64_t opened_ms, last_recv_ms, last_send_ms, detached_ms;
+    int state;
+    unsigned registered : 1, listed : 1, timer_on : 1, handshaken : 1, connected : 1, closing : 1,
+        finished : 1, finish_due : 1, binary : 1, stateful_ok : 1, stateful : 1, ack_due : 1,
+        replay_off : 1;
+    /* stateful reconnect: outbound trackable messages not yet acknowledged, oldest first, each
+     * stored as a 4-byte length and its framed bytes from replay_head on */
+    bh_buf_t replay;
+    size_t replay_head, replay_count;
+    uint64_t out_seq;      /* id of the last trackable message sent */
+    uint64_t replay_first; /* id of the oldest message in replay */
+    uint64_t in_next;      /* id the next inbound trackable message will have */
+    uint64_t in_latest;    /* highest inbound id processed */
+    char user_id[BH_SR_ID_MAX + 1];
+    char key_id[BH_SR_ID_MAX + 1];
+    char id[BH_SR_CONN_ID_CHARS + 1];
+    char token[BH_SR_TOKEN_CHARS + 1]; /* "" when not registered (skipNegotiation) */
+};
+
+/* A transport: how the session's framed bytes reach the client and how it ends. */
+struct bh_sr_transport {
+    const char *name;
+    int binary;             /* can carry the Binary transfer format */
+    int inherent_keepalive; /* Long Polling: no pings, no hub-level client timeout */
+    /* Deliver framed hub bytes (one or more messages) to the client. */
+    int (*send)(bh_sr_conn_t *c, const char *data, size_t len);
+    /* Nothing more will be sent: end after what is queued. ws_code/reason for WebSockets. Must
+     * not finish the session synchronously (bh_sr_session_finish_later). */
+    void (*end)(bh_sr_conn_t *c, uint16_t ws_code, const char *reason);
+    /* The session is going away: forget it and drop the connection (c->att is cleared). */
+    void (*detach)(bh_sr_conn_t *c);
+    /* Optional: the transport's next deadline (loop ms, UINT64_MAX = none) and its timer work;
+     * tick returns 1 when it finished the session. */
+    uint64_t (*due)(const bh_sr_conn_t *c);
+    int (*tick)(bh_sr_conn_t *c, uint64_t now);
+};
+
+extern const bh_sr_transport_t bh_sr_ws_transport;
+extern const bh_sr_transport_t bh_sr_sse_transport;
+extern const bh_sr_transport_t bh_sr_lp_transport;
+
+struct bh_sr_server {
+    bh_sr_config_t cfg;
+    char hub_path[256];
+    char negotiate_path[270];
+    const bh_sr_method_t *methods;
+    size_t nmethods;
+    bh_sr_hooks_t hooks;
+    void *ud;
+    uint8_t secret[32];
+    uint64_t hash_seed;
+    bh_sr_conn_t *conns; /* OPEN and DETACHED sessions */
+    size_t nconns;
+    bh_sr_conn_t *pending, *pending_tail; /* PENDING sessions, oldest (first to expire) first */
+    size_t npending;
+    bh_sr_conn_t **buckets; /* registry: connection token -> session */
+    size_t nbuckets, nregistered;
+    char *cors_list; /* the allowed origins, NUL-separated, NULL for none */
+    int cors_any;
+    int closing_all, shut_down;
+    bh_buf_t msg;  /* encoding scratch: one hub message */
+    bh_buf_t wire; /* encoding scratch: transport framing */
+};
+
+/* One HTTP request on the hub or negotiate path, with its CORS answer headers. */
+typedef struct {
+    bh_sr_server_t *s;
+    bh_http_conn_t *hc;
+    const bh_http_request_t *req;
+    uv_loop_t *loop;
+    uint64_t now;
+    char cors[BH_SR_CORS_MAX]; /* header lines for an allowed Origin, "" otherwise */
+} bh_sr_req_t;
+
+/* ---- signalr.c: requests ---- */
+
+/* Answer with cors and extra header lines added. */
+int bh_sr_reply(const bh_sr_req_t *rq, int status, const char *ctype, const char *extra,
+                const char *body, size_t len);
+/* Answer with a text/plain message. */
+int bh_sr_reply_text(const bh_sr_req_t *rq, int status, const char *msg);
+/* Authenticate the request's key (Bearer or access_token): BH_OK, or the 401 is sent. */
+int bh_sr_authenticate(const bh_sr_req_t *rq, char user_id[BH_SR_ID_MAX + 1],
+                       char key_id[BH_SR_ID_MAX + 1]);
+/* The session named by the id parameter, for the key of the request, or NULL with the answer
+ * sent (400 no id, 401 key, 404 unknown, 403 another key). */
+bh_sr_conn_t *bh_sr_lookup(const bh_sr_req_t *rq);
+
+/* ---- registry.c: tokens and the registry ---- */
+
+void bh_sr_token_new(const bh_sr_server_t *s, uint64_t now, const char *key_id, int stateful,
+                     char token[BH_SR_TOKEN_CHARS + 1], char id[BH_SR_CONN_ID_CHARS + 1]);
+/* BH_OK when token is ours, unexpired and issued to key_id: id and *stateful are set. */
+int bh_sr_token_check(const bh_sr_server_t *s, uint64_t now, const char *token, size_t n,
+                      const char *key_id, char id[BH_SR_CONN_ID_CHARS + 1], int *stateful);
+void bh_sr_random_id(char id[BH_SR_CONN_ID_CHARS + 1]);
+/* The registered session with this token (expired PENDING ones are dropped first). */
+bh_sr_conn_t *bh_sr_registry_find(bh_sr_server_t *s, const char *token, size_t n, uint64_t now);
+int bh_sr_registry_add(bh_sr_server_t *s, bh_sr_conn_t *c);
+void bh_sr_registry_remove(bh_sr_server_t *s, bh_sr_conn_t *c);
+void bh_sr_registry_free(bh_sr_server_t *s);
+/* Free PENDING sessions whose token expired (all of them when now is UINT64_MAX). */
+void bh_sr_pending_sweep(bh_sr_server_t *s, uint64_t now);
+
+/* ---- session.c ---- */
+
+/* A PENDING session (in the pending FIFO, expiring at expires_ms), or a fresh one to attach at
+ * once (expires_ms 0). NULL when out of memory. token may be "" (not registered). */
+bh_sr_conn_t *bh_sr_session_new(bh_sr_server_t *s, const char *user_id, const char *key_id,
+                                const char *id, const char *token, uint64_t expires_ms);
+/* Free a session that never had a transport (no timer yet). */
+void bh_sr_session_free_pending(bh_sr_conn_t *c);
+/* Attach the first transport; the handshake timeout starts. */
+void bh_sr_session_attach(bh_sr_conn_t *c, const bh_sr_transport_t *tp, void *att, uv_loop_t *loop,
+                          uint64_t now);
+/* A stateful-reconnect WebSocket came back (the old one, if any, is already detached): send
+ * Sequence and replay every unacknowledged message. */
+void bh_sr_session_reattach(bh_sr_conn_t *c, void *att, uint64_t now);
+/* Whether a new WebSocket with this session's token may take it over. */
+int bh_sr_session_resumable(const bh_sr_conn_t *c);
+/* Bytes from the client (handshake, then hub messages in the negotiated protocol). */
+void bh_sr_session_feed(bh_sr_conn_t *c, const char *data, size_t len);
+/* Close with a Close message carrying "Connection closed with an error. " what detail. */
+void bh_sr_session_error(bh_sr_conn_t *c, const char *what, const char *detail);
+/* The transport's connection is gone (c->att already cleared): detach a stateful session,
+ * finish any other. */
+void bh_sr_session_lost(bh_sr_conn_t *c);
+/* The end: on_disconnected, out of the registry and lists, transport detached, timer closed
+ * (memory freed by its close callback). Only from loop callbacks, never inside a hub call. */
+void bh_sr_session_finish(bh_sr_conn_t *c);
+/* Finish from the session timer's next turn (safe anywhere). */
+void bh_sr_session_finish_later(bh_sr_conn_t *c);
+/* Recompute the session timer (a transport deadline changed). */
+void bh_sr_session_rearm(bh_sr_conn_t *c);
+uint64_t bh_sr_session_now(const bh_sr_conn_t *c);
+
+/* ---- transports' HTTP entry points ---- */
+
+void bh_sr_ws_request(bh_sr_req_t *rq);
+void bh_sr_sse_request(bh_sr_req_t *rq, bh_sr_conn_t *c);
+void bh_sr_lp_poll(bh_sr_req_t *rq, bh_sr_conn_t *c);
+void bh_sr_lp_delete(bh_sr_req_t *rq, bh_sr_conn_t *c);
+
+#endif
