@@ -13,7 +13,8 @@ static const char *opt_string(const bh_json_t *root, const char *name, int *bad)
     const bh_json_t *v = bh_json_get(root, name);
     if (!v || v->type == BH_JSON_NULL)
         return NULL;
-    if (v->type != BH_JSON_STRING) {
+    /* Ids travel on as C strings: an embedded NUL would silently cut them short. */
+    if (v->type != BH_JSON_STRING || memchr(v->str, 0, v->len)) {
         *bad = 1;
         return NULL;
     }
@@ -92,6 +93,10 @@ int bh_sr_parse_message(const char *text, size_t len, bh_json_doc_t **doc, bh_sr
         }
         if (msg->type == BH_SR_STREAM_INVOCATION && !msg->invocation_id) {
             *err = "Missing required property 'invocationId'.";
+            goto fail;
+        }
+        if (memchr(target->str, 0, target->len)) {
+            *err = "Expected 'target' to be a string without NUL characters.";
             goto fail;
         }
         msg->target = target->str;

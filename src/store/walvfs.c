@@ -32,7 +32,7 @@
 typedef struct {
     sqlite3_file base;  /* first: what SQLite sees; pMethods = &gather_methods */
     sqlite3_file *real; /* the default VFS's file, allocated right after this struct */
-    bool gather; /* the WAL or the main database */
+    bool gather;        /* the WAL or the main database */
     unsigned char *buf;
     size_t len, cap;
     sqlite3_int64 off; /* file offset of buf[0] */

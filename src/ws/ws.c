@@ -15,6 +15,8 @@
 #include "../base/json.h"
 
 #define WS_MAX_HEADER 14 /* 2 + 8 (64-bit length) + 4 (mask key) */
+/* Held back between feeds: a header, or a whole Close frame (6-byte header, 125-byte payload). */
+#define WS_MAX_HELD (WS_MAX_HEADER + 125)
 
 struct bh_ws {
     wslay_event_context_ptr ctx;
@@ -23,8 +25,9 @@ struct bh_ws {
     /* input offered to wslay by recv_cb, only during bh_ws_feed */
     const unsigned char *src;
     size_t src_off, src_lim;
-    /* a frame header split across feeds, held back until it is complete (see frame_scan) */
-    unsigned char held[WS_MAX_HEADER];
+    size_t src_cut; /* recv_cb stops here first: where a Close frame starts (see frame_scan) */
+    /* a frame header or Close frame split across feeds, held back until it is complete */
+    unsigned char held[WS_MAX_HELD];
     size_t held_len;
     uint64_t skip; /* payload bytes of the current frame not yet scanned */
     /* output sink, only during bh_ws_flush */
@@ -62,7 +65,7 @@ int bh_ws_accept_key(const char *key, size_t key_len, char out[29]) {
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *user_data) {
     bh_ws_t *ws = user_data;
-    size_t n = ws->src_lim - ws->src_off;
+    size_t n = (ws->src_off < ws->src_cut ? ws->src_cut : ws->src_lim) - ws->src_off;
 
     if (n == 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
@@ -149,12 +152,18 @@ static void on_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
 /* wslay_frame_recv rejects some headers with WSLAY_ERR_PROTO, and wslay_event_recv then queues
  * a Close with no status code at all. To answer those with 1002, frame headers are checked here
  * first and wslay only ever sees bytes up to the start of a bad or still incomplete header.
+ * wslay also checks a Close reason's UTF-8 per chunk it reads, skipping the first two bytes of
+ * every chunk (meant for the status code): a Close payload read in two pieces is judged wrong
+ * (a valid reason refused with 1007, an invalid one echoed). So a Close frame is held back until
+ * it is complete, and *cut marks where it starts: recv_cb hands wslay the bytes before it first,
+ * then the frame in one piece.
  * Scans s[0..n) (starting at a frame boundary or ws->skip bytes inside a payload) and returns
  * how many bytes may be passed on; *bad is set when it stopped at a bad header. */
-static size_t frame_scan(bh_ws_t *ws, const unsigned char *s, size_t n, int *bad) {
+static size_t frame_scan(bh_ws_t *ws, const unsigned char *s, size_t n, int *bad, size_t *cut) {
     size_t pos = 0;
 
     *bad = 0;
+    *cut = 0;
     while (pos < n) {
         size_t avail = n - pos, hlen, ext, k;
         unsigned len7;
@@ -191,6 +200,12 @@ static size_t frame_scan(bh_ws_t *ws, const unsigned char *s, size_t n, int *bad
         hlen = 2 + ext + ((s[pos + 1] & 0x80u) ? 4 : 0);
         if (avail < hlen)
             break;
+        if ((s[pos] & 0x0fu) == WSLAY_CONNECTION_CLOSE) {
+            if (avail - hlen < plen)
+                break;
+            if (*cut == 0)
+                *cut = pos;
+        }
         pos += hlen;
         ws->skip = plen;
     }
@@ -203,11 +218,11 @@ static int feed_run(bh_ws_t *ws, const unsigned char *s, size_t n, size_t *used)
 
     ws->src = s;
     ws->src_off = 0;
-    ws->src_lim = frame_scan(ws, s, n, &bad);
+    ws->src_lim = frame_scan(ws, s, n, &bad, &ws->src_cut);
     r = wslay_event_recv(ws->ctx);
     *used = ws->src_off;
     ws->src = NULL;
-    ws->src_off = ws->src_lim = 0;
+    ws->src_off = ws->src_lim = ws->src_cut = 0;
 
     if (r == WSLAY_ERR_NOMEM) {
         fail_with(ws, WSLAY_CODE_INTERNAL_SERVER_ERROR);
@@ -238,9 +253,9 @@ int bh_ws_feed(bh_ws_t *ws, const char *data, size_t len) {
     if (!wslay_event_get_read_enabled(ws->ctx) || len == 0)
         return BH_OK;
     while (ws->held_len > 0) {
-        /* topped up to WS_MAX_HEADER bytes, the held header is complete: each round makes
-         * progress */
-        k = len < WS_MAX_HEADER - ws->held_len ? len : WS_MAX_HEADER - ws->held_len;
+        /* topped up to WS_MAX_HELD bytes, the held header or Close frame is complete: each
+         * round makes progress */
+        k = len < WS_MAX_HELD - ws->held_len ? len : WS_MAX_HELD - ws->held_len;
         memcpy(ws->held + ws->held_len, p, k);
         ws->held_len += k;
         p += k;
@@ -258,8 +273,8 @@ int bh_ws_feed(bh_ws_t *ws, const char *data, size_t len) {
     r = feed_run(ws, p, len, &used);
     if (r != BH_OK || !wslay_event_get_read_enabled(ws->ctx))
         return r;
-    /* what wslay did not take is a header prefix, shorter than WS_MAX_HEADER */
-    if (len - used > WS_MAX_HEADER) {
+    /* what wslay did not take is a header prefix or an incomplete Close frame */
+    if (len - used > WS_MAX_HELD) {
         fail_with(ws, WSLAY_CODE_INTERNAL_SERVER_ERROR); /* cannot happen: wslay takes all */
         return BH_EPROTO;
     }

@@ -65,6 +65,10 @@ static void test_rejections(void **state) {
          "Missing required property 'invocationId'."},
         {"{\"type\":3}", "Missing required property 'invocationId'."},
         {"{\"type\":5}", "Missing required property 'invocationId'."},
+        {"{\"type\":1,\"target\":\"GetBalances\\u0000x\",\"arguments\":[]}",
+         "Expected 'target' to be a string without NUL characters."},
+        {"{\"type\":1,\"invocationId\":\"1\\u0000\",\"target\":\"X\",\"arguments\":[]}",
+         "Expected 'invocationId' to be of type String."},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bh_sr_msg_t m;
