@@ -54,6 +54,8 @@ static const char serve_usage[] =
     "  --client-timeout-ms N    close connections silent this long (default 30000)\n"
     "  --handshake-timeout-ms N SignalR handshake deadline (default 15000)\n"
     "  --max-message BYTES      largest inbound hub message (default 32768)\n"
+    "  --max-body BYTES         largest HTTP request body or WebSocket message, each of\n"
+    "                           which may batch many hub messages (default 1048576)\n"
     "  --cors-origins LIST      browser origins allowed from other sites, comma-separated,\n"
     "                           or * for any (default: same origin only)\n"
     "  --lp-poll-timeout-ms N   Long Polling: answer a poll without data after this\n"
@@ -238,7 +240,7 @@ static int read_token(const char *file, char *out, size_t cap) {
 }
 
 enum { OPT_TLS_CERT = 0x100, OPT_TLS_KEY };
-enum { OPT_CORS = 0x200, OPT_LP_POLL, OPT_RECONNECT, OPT_REPLAY };
+enum { OPT_CORS = 0x200, OPT_LP_POLL, OPT_RECONNECT, OPT_REPLAY, OPT_MAX_BODY };
 
 /* An environment variable as an option default; empty counts as unset. */
 static const char *env_opt(const char *name) {
@@ -264,6 +266,7 @@ int bh_cli_serve(int argc, char **argv) {
         {"lp-poll-timeout-ms", required_argument, 0, OPT_LP_POLL},
         {"reconnect-window-ms", required_argument, 0, OPT_RECONNECT},
         {"replay-buffer", required_argument, 0, OPT_REPLAY},
+        {"max-body", required_argument, 0, OPT_MAX_BODY},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -336,6 +339,7 @@ int bh_cli_serve(int argc, char **argv) {
         case OPT_LP_POLL:
         case OPT_RECONNECT:
         case OPT_REPLAY:
+        case OPT_MAX_BODY:
             if (parse_u64(optarg, &v) < 0 || (v == 0 && c != OPT_RECONNECT)) {
                 bh_cli_error("%s needs a %s whole number, got '%s'", argv[optind - 2],
                              c == OPT_RECONNECT ? "non-negative" : "positive", optarg);
@@ -345,6 +349,8 @@ int bh_cli_serve(int argc, char **argv) {
                 sc.lp_poll_timeout_ms = v;
             else if (c == OPT_REPLAY)
                 sc.replay_max_bytes = (size_t)v;
+            else if (c == OPT_MAX_BODY)
+                sc.max_batch = v > (1u << 30) ? (size_t)1 << 30 : (size_t)v;
             else if (v == 0)
                 sc.no_stateful_reconnect = 1;
             else
@@ -412,7 +418,7 @@ int bh_cli_serve(int argc, char **argv) {
     OPENSSL_cleanse(token, sizeof token);
     bh_httpd_config_t hc = {
         .max_head = 16384,
-        .max_body = 65536,
+        .max_body = sc.max_batch ? sc.max_batch : 1 << 20,
         .request_timeout_ms = 10000,
         .idle_timeout_ms = 60000,
         .max_output = 1 << 20,

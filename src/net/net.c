@@ -6,6 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#endif
 
 #include "../base/buf.h"
 #include "../base/error.h"
@@ -28,10 +32,14 @@ struct bh_conn {
     bh_tls_t *tls;         /* NULL without TLS */
     bh_conn_timer_cb timer_cb;
     void *timer_arg;
+    bh_conn_drain_cb drain_cb; /* bh_conn_on_drain */
+    void *drain_arg;
+    size_t drain_low;
+    uint64_t handed; /* bytes ever handed to uv_write (bh_conn_taken) */
     bh_conn_t *dirty_next;
     bh_conn_t *prev, *next;
     int open_handles;
-    unsigned dirty : 1, writing : 1, closing : 1, shut : 1, dead : 1, notified : 1;
+    unsigned dirty : 1, writing : 1, closing : 1, shut : 1, dead : 1, notified : 1, paused : 1;
 };
 
 struct bh_net {
@@ -231,6 +239,11 @@ static void on_write(uv_write_t *req, int status) {
         return;
     }
     conn_flush(c);
+    if (c->drain_cb && !c->dead && bh_conn_queued(c) <= c->drain_low) {
+        bh_conn_drain_cb cb = c->drain_cb;
+        c->drain_cb = NULL;
+        cb(c->drain_arg);
+    }
 }
 
 /* Everything queued this turn goes through one SSL_write; the ciphertext (with whatever the
@@ -274,6 +287,7 @@ static void conn_flush(bh_conn_t *c) {
     uv_buf_t b = uv_buf_init(c->inflight.data, (unsigned)c->inflight.len);
     c->wreq.data = c;
     c->writing = 1;
+    c->handed += c->inflight.len;
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
         c->writing = 0;
         conn_hard_close(c);
@@ -326,7 +340,7 @@ static void on_connection(uv_stream_t *server, int status) {
     } else {
         n->h.on_open(c, n->server_ud);
     }
-    if (!c->dead && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0)
+    if (!c->dead && !c->paused && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0)
         conn_hard_close(c);
 }
 
@@ -514,6 +528,47 @@ void bh_conn_abort(bh_conn_t *c) {
 
 int bh_conn_closing(const bh_conn_t *c) {
     return c->closing || c->dead;
+}
+
+size_t bh_conn_queued(const bh_conn_t *c) {
+    if (c->dead)
+        return 0;
+    return c->out.len + uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+}
+
+uint64_t bh_conn_taken(const bh_conn_t *c) {
+    if (c->dead)
+        return c->handed;
+    uint64_t n = c->handed - uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+#ifdef __linux__
+    uv_os_fd_t fd;
+    int outq = 0;
+    if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, SIOCOUTQ, &outq) == 0 &&
+        outq > 0 && (uint64_t)outq <= n)
+        n -= (uint64_t)outq;
+#endif
+    return n;
+}
+
+void bh_conn_on_drain(bh_conn_t *c, size_t low, bh_conn_drain_cb cb, void *arg) {
+    c->drain_cb = cb;
+    c->drain_arg = arg;
+    c->drain_low = low;
+}
+
+void bh_conn_pause_read(bh_conn_t *c) {
+    if (c->paused || c->dead)
+        return;
+    c->paused = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+void bh_conn_resume_read(bh_conn_t *c) {
+    if (!c->paused || c->dead)
+        return;
+    c->paused = 0;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0)
+        conn_hard_close(c);
 }
 
 static void on_conn_timer(uv_timer_t *t) {

@@ -71,6 +71,21 @@ int bh_conn_closing(const bh_conn_t *c);
 /* Arm the connection's single timer (one-shot, ms from now; 0 disarms). */
 typedef void (*bh_conn_timer_cb)(void *arg);
 void bh_conn_set_timer(bh_conn_t *c, uint64_t ms, bh_conn_timer_cb cb, void *arg);
+/* Bytes queued for output and not yet accepted by the kernel: what the connection has not
+ * handed to libuv yet (plaintext with TLS) plus libuv's write queue (a write libuv finished at
+ * once counts no more). For backpressure: produce output only while this is small. */
+size_t bh_conn_queued(const bh_conn_t *c);
+/* Bytes the peer has taken so far: handed to the kernel and acknowledged by the peer (Linux
+ * SIOCOUTQ; elsewhere just handed to the kernel). Ciphertext with TLS. It stops growing when
+ * a client stops reading, whatever the kernel's buffers hold. */
+uint64_t bh_conn_taken(const bh_conn_t *c);
+/* Call cb(arg) once, from a write completion, when bh_conn_queued is at or below low after
+ * it; cb NULL cancels. A connection that closes first never calls it. */
+typedef void (*bh_conn_drain_cb)(void *arg);
+void bh_conn_on_drain(bh_conn_t *c, size_t low, bh_conn_drain_cb cb, void *arg);
+/* Stop / resume reading from the socket (input backpressure); TLS too. Idempotent. */
+void bh_conn_pause_read(bh_conn_t *c);
+void bh_conn_resume_read(bh_conn_t *c);
 /* Peer address as text ("127.0.0.1:5555"), for logs. */
 void bh_conn_peer(const bh_conn_t *c, char *out, size_t cap);
 

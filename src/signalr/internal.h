@@ -45,7 +45,14 @@ struct bh_sr_conn {
     int state;
     unsigned registered : 1, listed : 1, timer_on : 1, handshaken : 1, connected : 1, closing : 1,
         finished : 1, finish_due : 1, binary : 1, stateful_ok : 1, stateful : 1, ack_due : 1,
-        replay_off : 1;
+        replay_off : 1, blocked : 1, resume_due : 1, input_paused : 1, stalled : 1;
+    /* input backpressure: while blocked, the client's output backed up and unhandled input
+     * waits in `in`; stall_ms/stall_taken: when the client last took some of its output, and how
+     * much it had */
+    uint64_t stall_ms;
+    uint64_t stall_taken;
+    bh_http_conn_t *held_post;      /* an HTTP POST answered once `in` has room again */
+    char post_cors[BH_SR_CORS_MAX]; /* its CORS header lines */
     /* stateful reconnect: outbound trackable messages not yet acknowledged, oldest first, each
      * stored as a 4-byte length and its framed bytes from replay_head on */
     bh_buf_t replay;
@@ -76,7 +83,29 @@ struct bh_sr_transport {
      * tick returns 1 when it finished the session. */
     uint64_t (*due)(const bh_sr_conn_t *c);
     int (*tick)(bh_sr_conn_t *c, uint64_t now);
+    /* Input backpressure. congested: so much output waits for the client that its input
+     * should wait; watch: call bh_sr_session_drained once most of it was taken; taken
+     * (optional): output bytes the client has taken so far, to spot one that stopped reading
+     * (cut once blocked, BH_SR_STALL_MS without taking BH_SR_STALL_MIN); pause_input (optional):
+     * stop (1) or resume (0) reading the client's own connection (NULL: the client sends with HTTP
+     * POST). */
+    int (*congested)(const bh_sr_conn_t *c);
+    void (*watch)(bh_sr_conn_t *c);
+    uint64_t (*taken)(const bh_sr_conn_t *c);
+    void (*pause_input)(bh_sr_conn_t *c, int pause);
 };
+
+/* Output waiting in a WebSocket or SSE connection above which the client's input waits, and
+ * below which it is handled again. Well under the connection's output cap (1 MiB). */
+#define BH_SR_OUT_HIGH (256 * 1024)
+#define BH_SR_OUT_LOW (64 * 1024)
+/* Unhandled input above which the client's connection is no longer read (POSTs are held). */
+#define BH_SR_IN_MAX (4 * 1024 * 1024)
+/* A client that takes less than BH_SR_STALL_MIN bytes of its output in BH_SR_STALL_MS, while
+ * its input waits for that output to drain, has stopped reading: it is cut. (A paused reader
+ * still takes some 100 KiB as the kernel's buffers fill.) */
+#define BH_SR_STALL_MS 5000
+#define BH_SR_STALL_MIN BH_SR_OUT_HIGH
 
 extern const bh_sr_transport_t bh_sr_ws_transport;
 extern const bh_sr_transport_t bh_sr_sse_transport;
@@ -165,6 +194,14 @@ int bh_sr_session_resumable(const bh_sr_conn_t *c);
 void bh_sr_session_feed(bh_sr_conn_t *c, const char *data, size_t len);
 /* Close with a Close message carrying "Connection closed with an error. " what detail. */
 void bh_sr_session_error(bh_sr_conn_t *c, const char *what, const char *detail);
+/* The transport's output backed up earlier and has drained: handle waiting input (from the
+ * session timer's next turn; safe anywhere). */
+void bh_sr_session_drained(bh_sr_conn_t *c);
+/* Whether so much input waits that the client must wait (a POST is then held: hold_post). */
+int bh_sr_session_input_full(const bh_sr_conn_t *c);
+/* Answer this POST (200) once the waiting input drops under BH_SR_IN_MAX (404 if the session
+ * ends first). */
+void bh_sr_session_hold_post(bh_sr_conn_t *c, bh_http_conn_t *hc, const char *cors);
 /* The transport's connection is gone (c->att already cleared): detach a stateful session,
  * finish any other. */
 void bh_sr_session_lost(bh_sr_conn_t *c);

@@ -17,6 +17,7 @@
 
 static void arm(bh_sr_conn_t *c, uint64_t now);
 static void on_tick(uv_timer_t *t);
+static void pump(bh_sr_conn_t *c);
 
 static uint64_t sat_add(uint64_t a, uint64_t b) {
     return a > UINT64_MAX - b ? UINT64_MAX : a + b;
@@ -97,7 +98,11 @@ bh_sr_conn_t *bh_sr_session_new(bh_sr_server_t *s, const char *user_id, const ch
     snprintf(c->key_id, sizeof c->key_id, "%s", key_id);
     snprintf(c->id, sizeof c->id, "%s", id);
     snprintf(c->token, sizeof c->token, "%s", token);
-    bh_buf_init(&c->in, s->cfg.max_message + BH_SR_FRAME_SLACK);
+    /* Unhandled input waits here while the client's output is backed up: up to BH_SR_IN_MAX,
+     * then reading stops (or POSTs wait), which one more WebSocket message or POST body may
+     * pass. An incomplete message alone is never over max_message (the framing says so). */
+    bh_buf_init(&c->in,
+                BH_SR_IN_MAX + 2 * (s->cfg.max_batch + s->cfg.max_message) + BH_SR_FRAME_SLACK);
     bh_buf_init(&c->replay, 0);
     if (expires_ms)
         list_pending(c);
@@ -129,6 +134,8 @@ void bh_sr_session_attach(bh_sr_conn_t *c, const bh_sr_transport_t *tp, void *at
     arm(c, now);
 }
 
+static void answer_post(bh_sr_conn_t *c, int status);
+
 static void on_timer_closed(uv_handle_t *h) {
     free(h->data);
 }
@@ -154,6 +161,7 @@ void bh_sr_session_finish(bh_sr_conn_t *c) {
     if (c->att)
         c->tp->detach(c);
     c->att = NULL;
+    answer_post(c, 404);
     bh_buf_free(&c->in);
     bh_buf_free(&c->replay);
     uv_timer_stop(&c->timer);
@@ -328,6 +336,11 @@ int bh_sr_session_resumable(const bh_sr_conn_t *c) {
 
 void bh_sr_session_reattach(bh_sr_conn_t *c, void *att, uint64_t now) {
     c->att = att;
+    c->input_paused = 0; /* a new socket, read from the start */
+    if (c->blocked) {    /* the old socket's output is gone with it */
+        c->blocked = 0;
+        c->resume_due = 1;
+    }
     c->state = BH_SR_OPEN;
     c->last_recv_ms = c->last_send_ms = now;
     /* Sequence first (the client drops everything until it sees one), then every message it
@@ -352,7 +365,7 @@ static void arm(bh_sr_conn_t *c, uint64_t now) {
         return;
     const bh_sr_config_t *cfg = &c->srv->cfg;
     uint64_t due = UINT64_MAX;
-    if (c->finish_due) {
+    if (c->finish_due || c->resume_due) {
         due = now;
     } else {
         if (c->tp->due)
@@ -362,9 +375,12 @@ static void arm(bh_sr_conn_t *c, uint64_t now) {
         } else if (!c->closing && !c->handshaken) {
             due = min_u64(due, sat_add(c->opened_ms, cfg->handshake_timeout_ms));
         } else if (!c->closing && !c->tp->inherent_keepalive) {
-            due = min_u64(due, sat_add(c->last_recv_ms, cfg->client_timeout_ms));
+            if (!c->blocked) /* blocked: its input waits for us, not the other way round */
+                due = min_u64(due, sat_add(c->last_recv_ms, cfg->client_timeout_ms));
             due = min_u64(due, sat_add(c->last_send_ms, cfg->keepalive_ms));
         }
+        if (c->blocked && !c->closing && c->tp->taken && c->att) /* not while DETACHED */
+            due = min_u64(due, sat_add(c->stall_ms, BH_SR_STALL_MS));
     }
     if (due == UINT64_MAX)
         uv_timer_stop(&c->timer);
@@ -386,6 +402,27 @@ static void on_tick(uv_timer_t *t) {
         bh_sr_session_finish(c);
         return;
     }
+    if (c->resume_due) {
+        c->resume_due = 0;
+        pump(c);
+        if (c->finished)
+            return;
+    }
+    if (c->blocked && !c->closing && c->tp->taken && c->att) {
+        uint64_t taken = c->tp->taken(c);
+        if (taken >= c->stall_taken + BH_SR_STALL_MIN) { /* it reads, if slowly */
+            c->stall_taken = taken;
+            c->stall_ms = now;
+        } else if (now >= sat_add(c->stall_ms, BH_SR_STALL_MS)) {
+            bh_log(BH_LOG_WARN,
+                   "closing slow consumer: connection %s took under %d bytes of output in %d "
+                   "ms while its input waited",
+                   c->id, BH_SR_STALL_MIN, BH_SR_STALL_MS);
+            c->stalled = 1;
+            bh_sr_session_finish(c);
+            return;
+        }
+    }
     if (c->tp->tick && c->tp->tick(c, now))
         return;
     if (c->finished)
@@ -399,7 +436,7 @@ static void on_tick(uv_timer_t *t) {
         if (now >= sat_add(c->opened_ms, cfg->handshake_timeout_ms))
             end_transport(c, 1008, "handshake timeout");
     } else if (!c->closing && !c->tp->inherent_keepalive) {
-        if (now >= sat_add(c->last_recv_ms, cfg->client_timeout_ms)) {
+        if (!c->blocked && now >= sat_add(c->last_recv_ms, cfg->client_timeout_ms)) {
             bh_sr_close(c, "Server timeout elapsed without receiving a message from the client.",
                         0);
         } else if (now >= sat_add(c->last_send_ms, cfg->keepalive_ms)) {
@@ -565,6 +602,22 @@ static size_t handle_all(bh_sr_conn_t *c, const char *data, size_t len) {
             off += n + 1;
             continue;
         }
+        if (c->att && c->tp->congested && c->tp->congested(c)) {
+            /* The client's output backed up: the rest waits until it has taken most of it. */
+            uint64_t now = bh_sr_session_now(c);
+            uint64_t taken = c->tp->taken ? c->tp->taken(c) : 0;
+            c->blocked = 1;
+            if (taken >= c->stall_taken + BH_SR_STALL_MIN || c->stall_ms == 0 ||
+                now >= sat_add(c->stall_ms, BH_SR_STALL_MS)) {
+                /* The stall clock runs from the last output the client took, across blocks
+                 * that follow each other (a kernel buffer that grows is not the client). */
+                c->stall_taken = taken;
+                c->stall_ms = now;
+            }
+            c->tp->watch(c);
+            arm(c, now);
+            break;
+        }
         const char *msg;
         size_t mlen;
         int r = c->proto->frame(p, left, max, &msg, &mlen);
@@ -584,20 +637,96 @@ static size_t handle_all(bh_sr_conn_t *c, const char *data, size_t len) {
     return off;
 }
 
+int bh_sr_session_input_full(const bh_sr_conn_t *c) {
+    return !c->closing && !c->finished && c->in.len > BH_SR_IN_MAX;
+}
+
+/* Stop reading the client while too much of its input waits; read again once under. */
+static void throttle_input(bh_sr_conn_t *c) {
+    if (!c->att || !c->tp->pause_input || c->finished)
+        return;
+    int full = bh_sr_session_input_full(c);
+    if (full != (int)c->input_paused) {
+        c->input_paused = full != 0;
+        c->tp->pause_input(c, full);
+    }
+}
+
 void bh_sr_session_feed(bh_sr_conn_t *c, const char *data, size_t len) {
     if (c->closing || c->finished)
         return;
     c->last_recv_ms = bh_sr_session_now(c);
-    if (c->in.len == 0) {
+    if (c->in.len == 0 && !c->blocked) {
         size_t used = handle_all(c, data, len);
         if (used < len && !c->closing && bh_buf_append(&c->in, data + used, len - used) < 0)
             too_big(c);
     } else if (bh_buf_append(&c->in, data, len) < 0) {
         too_big(c);
-    } else {
+    } else if (!c->blocked) {
         bh_buf_consume(&c->in, handle_all(c, c->in.data, c->in.len));
     }
     send_ack(c);
+    throttle_input(c);
+}
+
+static void answer_post(bh_sr_conn_t *c, int status) {
+    bh_http_conn_t *hc = c->held_post;
+    if (!hc)
+        return;
+    c->held_post = NULL;
+    bh_http_on_gone(hc, NULL, NULL);
+    char hdr[BH_SR_CORS_MAX];
+    memcpy(hdr, c->post_cors, sizeof hdr);
+    /* Answering may run requests pipelined behind it (even one that ends this session). */
+    if (status == 200)
+        bh_http_respond(hc, 200, "text/plain", hdr[0] ? hdr : NULL, "", 0);
+    else
+        bh_http_respond(hc, status, "text/plain; charset=utf-8", hdr[0] ? hdr : NULL,
+                        "No Connection with that ID", 26);
+    bh_http_release(hc);
+}
+
+static void on_post_gone(void *ud) {
+    bh_sr_conn_t *c = ud;
+    bh_http_conn_t *hc = c->held_post;
+    c->held_post = NULL;
+    if (hc)
+        bh_http_release(hc);
+}
+
+void bh_sr_session_hold_post(bh_sr_conn_t *c, bh_http_conn_t *hc, const char *cors) {
+    if (c->held_post) {
+        /* A second POST while one waits (the clients send one at a time): its body is taken;
+         * the cap on waiting input (too_big) bounds such a client. */
+        bh_http_respond(hc, 200, "text/plain", cors[0] ? cors : NULL, "", 0);
+        return;
+    }
+    bh_http_hold(hc);
+    bh_http_on_gone(hc, on_post_gone, c);
+    c->held_post = hc;
+    snprintf(c->post_cors, sizeof c->post_cors, "%s", cors);
+}
+
+/* Handle waiting input (after the output drained), then let the client send more. */
+static void pump(bh_sr_conn_t *c) {
+    if (c->closing || c->blocked || c->in.len == 0)
+        goto done;
+    c->last_recv_ms = bh_sr_session_now(c); /* its input waited for us */
+    bh_buf_consume(&c->in, handle_all(c, c->in.data, c->in.len));
+    send_ack(c);
+done:
+    throttle_input(c);
+    if (c->held_post && !bh_sr_session_input_full(c))
+        answer_post(c, 200);
+}
+
+void bh_sr_session_drained(bh_sr_conn_t *c) {
+    if (c->finished || !c->blocked)
+        return;
+    c->blocked = 0;
+    c->resume_due = 1;
+    if (c->timer_on)
+        uv_timer_start(&c->timer, on_tick, 0, 0);
 }
 
 /* ---- the hub's view ---- */

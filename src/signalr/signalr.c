@@ -216,8 +216,8 @@ static void negotiate(bh_sr_req_t *rq) {
 }
 
 /* The HTTP POST half-transport: the body carries messages for a Server-Sent Events or Long
- * Polling connection. It is processed whole before the answer, so a POST is never still
- * outstanding when the next one arrives. */
+ * Polling connection. What the session cannot handle at once (its output backed up) waits in
+ * the session, in order; the answer waits only while too much input waits (backpressure). */
 static void http_post(bh_sr_req_t *rq, bh_sr_conn_t *c, const char *body, size_t len) {
     if (c->state == BH_SR_PENDING) {
         bh_sr_reply_text(rq, 400, "The connection has not started a transport.");
@@ -228,7 +228,10 @@ static void http_post(bh_sr_req_t *rq, bh_sr_conn_t *c, const char *body, size_t
         return;
     }
     bh_sr_session_feed(c, body, len);
-    bh_sr_reply(rq, 200, "text/plain", NULL, "", 0);
+    if (bh_sr_session_input_full(c))
+        bh_sr_session_hold_post(c, rq->hc, rq->cors);
+    else
+        bh_sr_reply(rq, 200, "text/plain", NULL, "", 0);
 }
 
 static int accepts_event_stream(const bh_http_request_t *req) {
@@ -327,6 +330,8 @@ int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, s
         s->cfg.replay_max_messages = 16384;
     if (!s->cfg.lp_max_queued)
         s->cfg.lp_max_queued = 1 << 20;
+    if (!s->cfg.max_batch)
+        s->cfg.max_batch = 1 << 20;
     s->methods = methods;
     s->nmethods = nmethods;
     s->hooks = *hooks;

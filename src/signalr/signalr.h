@@ -46,10 +46,12 @@ typedef struct {
     uint64_t reconnect_window_ms; /* stateful reconnect: keep a dropped session (30000) */
     size_t replay_max_bytes;      /* stateful reconnect: unacknowledged bytes kept (1 MiB) */
     size_t replay_max_messages;   /* ... and messages (16384) */
-    size_t lp_max_queued;         /* Long Polling: bytes waiting for a poll (1 MiB); more closes */
-    int no_stateful_reconnect;    /* never offer useStatefulReconnect */
-    const char *cors_origins;     /* allowed browser origins, comma-separated, "*" for any;
-                                     NULL: same-origin only */
+    size_t lp_max_queued;         /* Long Polling: bytes waiting for a poll (1 MiB); more closes;
+                                     input waits while half of it is queued */
+    size_t max_batch; /* largest WebSocket message, which may batch many hub messages (1 MiB) */
+    int no_stateful_reconnect; /* never offer useStatefulReconnect */
+    const char *cors_origins;  /* allowed browser origins, comma-separated, "*" for any;
+                                  NULL: same-origin only */
 } bh_sr_config_t;
 
 int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, size_t nmethods,

@@ -1,7 +1,8 @@
 /* The Long Polling transport (server to client; the client sends with HTTP POST): framed
  * messages wait in a bounded queue; a poll takes them all at once or is held until some
  * arrive or the poll timeout passes; a newer poll ends the held one with 204; DELETE ends
- * the connection; a connection nobody polls for the client timeout is abandoned. */
+ * the connection; a connection nobody polls for the client timeout is abandoned. The client's
+ * input waits while half the queue's cap is used, until a poll takes it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@ typedef struct {
     uint64_t poll_due;         /* when the held poll is answered empty */
     uint64_t idle_since;       /* when the last poll ended (while none is held) */
     int flush_due;             /* answer the held poll on the next timer turn */
+    int drain_wanted;          /* the session's input waits for a poll to take the queue */
     char cors[BH_SR_CORS_MAX]; /* the held poll's CORS header lines */
 } sr_lp_t;
 
@@ -37,6 +39,10 @@ static void respond(sr_lp_t *lp, bh_http_conn_t *hc, int status, const char *cor
     if (take) {
         q = lp->queue;
         bh_buf_init(&lp->queue, 0);
+        if (lp->drain_wanted) {
+            lp->drain_wanted = 0;
+            bh_sr_session_drained(lp->c); /* from the timer's next turn */
+        }
     }
     snprintf(extra, sizeof extra, "Cache-Control: no-cache\r\n%s", cors);
     const char *ctype = status != 200   ? NULL
@@ -108,6 +114,17 @@ static void lp_detach(bh_sr_conn_t *c) {
     free(lp);
 }
 
+/* Half the cap: the output of the input handled before the check stays under the cap. */
+static int lp_congested(const bh_sr_conn_t *c) {
+    const sr_lp_t *lp = c->att;
+    return lp->queue.len >= c->srv->cfg.lp_max_queued / 2;
+}
+
+static void lp_watch(bh_sr_conn_t *c) {
+    sr_lp_t *lp = c->att;
+    lp->drain_wanted = 1;
+}
+
 static uint64_t lp_due(const bh_sr_conn_t *c) {
     const sr_lp_t *lp = c->att;
     if (!lp)
@@ -149,6 +166,8 @@ const bh_sr_transport_t bh_sr_lp_transport = {
     .detach = lp_detach,
     .due = lp_due,
     .tick = lp_tick,
+    .congested = lp_congested,
+    .watch = lp_watch,
 };
 
 /* ---- requests ---- */

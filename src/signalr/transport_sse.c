@@ -66,7 +66,31 @@ static void sse_end(bh_sr_conn_t *c, uint16_t code, const char *reason) {
 static void sse_detach(bh_sr_conn_t *c) {
     sr_sse_t *e = c->att;
     e->c = NULL;
-    bh_conn_close(e->net);
+    if (c->stalled)
+        bh_conn_abort(e->net); /* its output would never drain */
+    else
+        bh_conn_close(e->net);
+}
+
+static int sse_congested(const bh_sr_conn_t *c) {
+    const sr_sse_t *e = c->att;
+    return bh_conn_queued(e->net) > BH_SR_OUT_HIGH;
+}
+
+static void on_drained(void *arg) {
+    sr_sse_t *e = arg;
+    if (e->c)
+        bh_sr_session_drained(e->c);
+}
+
+static void sse_watch(bh_sr_conn_t *c) {
+    sr_sse_t *e = c->att;
+    bh_conn_on_drain(e->net, BH_SR_OUT_LOW, on_drained, e);
+}
+
+static uint64_t sse_taken(const bh_sr_conn_t *c) {
+    const sr_sse_t *e = c->att;
+    return bh_conn_taken(e->net);
 }
 
 const bh_sr_transport_t bh_sr_sse_transport = {
@@ -74,6 +98,9 @@ const bh_sr_transport_t bh_sr_sse_transport = {
     .send = sse_send,
     .end = sse_end,
     .detach = sse_detach,
+    .congested = sse_congested,
+    .watch = sse_watch,
+    .taken = sse_taken,
 };
 
 void bh_sr_sse_request(bh_sr_req_t *rq, bh_sr_conn_t *c) {

@@ -1,6 +1,7 @@
 /* The WebSockets transport: the upgrade (a negotiated connection, skipNegotiation, or a
  * stateful-reconnect WebSocket taking its session back), one frame per hub message (text or
- * binary as the protocol needs), and the close handshake. */
+ * binary as the protocol needs), the close handshake, and input backpressure (the socket is
+ * not read while too much of the client's input waits for its output to drain). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +100,35 @@ static void ws_end(bh_sr_conn_t *c, uint16_t code, const char *reason) {
     close_ws(c->att, code, reason);
 }
 
+static int ws_congested(const bh_sr_conn_t *c) {
+    const sr_ws_t *w = c->att;
+    return bh_conn_queued(w->net) > BH_SR_OUT_HIGH;
+}
+
+static void on_drained(void *arg) {
+    sr_ws_t *w = arg;
+    if (w->c)
+        bh_sr_session_drained(w->c);
+}
+
+static void ws_watch(bh_sr_conn_t *c) {
+    sr_ws_t *w = c->att;
+    bh_conn_on_drain(w->net, BH_SR_OUT_LOW, on_drained, w);
+}
+
+static uint64_t ws_taken(const bh_sr_conn_t *c) {
+    const sr_ws_t *w = c->att;
+    return bh_conn_taken(w->net);
+}
+
+static void ws_pause_input(bh_sr_conn_t *c, int pause) {
+    sr_ws_t *w = c->att;
+    if (pause)
+        bh_conn_pause_read(w->net);
+    else
+        bh_conn_resume_read(w->net);
+}
+
 static void ws_detach(bh_sr_conn_t *c) {
     sr_ws_t *w = c->att;
     w->c = NULL;
@@ -111,6 +141,10 @@ const bh_sr_transport_t bh_sr_ws_transport = {
     .send = ws_send,
     .end = ws_end,
     .detach = ws_detach,
+    .congested = ws_congested,
+    .watch = ws_watch,
+    .taken = ws_taken,
+    .pause_input = ws_pause_input,
 };
 
 /* ---- the upgrade ---- */
@@ -195,7 +229,9 @@ void bh_sr_ws_request(bh_sr_req_t *rq) {
     sr_ws_t *w = calloc(1, sizeof *w);
     if (!w || bh_ws_accept_key(key, klen, accept) < 0)
         goto fail;
-    w->ws = bh_ws_server_new(&ws_callbacks, w, s->cfg.max_message * 4);
+    /* One WebSocket message may batch many hub messages (the clients' send queues do): the
+     * session holds each hub message to max_message. */
+    w->ws = bh_ws_server_new(&ws_callbacks, w, s->cfg.max_batch);
     if (!w->ws)
         goto fail;
     if (!c) {
