@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "../base/hex.h"
 #include "../base/error.h"
 #include "internal.h"
 
@@ -82,37 +83,7 @@ void bh_admin_reply_status(const bh_admin_reply_t *r, int err, const char *reaso
     bh_admin_reply_error(r, status, code, "%s", reason && *reason ? reason : bh_strerror(err));
 }
 
-/* ---- validation helpers ----------------------------------------------------------------- */
-
-bool bh_admin_valid_user_id(const char *s, size_t n) {
-    if (n == 0 || n > BH_ID_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == ':' || c == '@' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
-bool bh_admin_valid_op_id(const char *s, size_t n) {
-    if (n == 0 || n > BH_ID_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (s[i] < 0x20 || s[i] > 0x7e)
-            return false;
-    return true;
-}
-
-bool bh_admin_valid_asset(const char *s, size_t n) {
-    if (n == 0 || n >= BH_ASSET_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9')))
-            return false;
-    return true;
-}
+/* ---- request bodies ------------------------------------------------------------------------ */
 
 int bh_admin_parse_body(const bh_admin_reply_t *r, const char *body, size_t len, bool empty_ok,
                         bh_json_doc_t **doc) {
@@ -443,16 +414,6 @@ static void journal(bh_admin_t *a, const bh_admin_reply_t *r, const char *user, 
 /* ---- routing ----------------------------------------------------------------------------------
  */
 
-static int hexval(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Split the path after "/admin/" into percent-decoded segments stored in out (one NUL after
  * each). BH_EINVAL for a bad escape or an encoded NUL, BH_ETOOBIG past MAX_SEGS. */
 static int split_path(const char *p, size_t n, char *out, char *segs[MAX_SEGS], size_t *nsegs) {
@@ -469,7 +430,8 @@ static int split_path(const char *p, size_t n, char *out, char *segs[MAX_SEGS], 
                 return BH_ETOOBIG;
             segs[(*nsegs)++] = out + k;
         } else if (p[i] == '%') {
-            int hi = i + 2 < n ? hexval(p[i + 1]) : -1, lo = i + 2 < n ? hexval(p[i + 2]) : -1;
+            int hi = i + 2 < n ? bh_hex_digit(p[i + 1]) : -1,
+                lo = i + 2 < n ? bh_hex_digit(p[i + 2]) : -1;
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
                 return BH_EINVAL;
             out[k++] = (char)(hi << 4 | lo);
@@ -487,7 +449,7 @@ static void method_not_allowed(const bh_admin_reply_t *r, const char *allow) {
 }
 
 static bool check_user(const bh_admin_reply_t *r, const char *user) {
-    if (bh_admin_valid_user_id(user, strlen(user)))
+    if (bh_ledger_valid_user_id(user, strlen(user)))
         return true;
     bh_admin_reply_error(r, 400, "bad_request",
                          "userId must be 1..64 characters of A-Z a-z 0-9 . _ : @ -");

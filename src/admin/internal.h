@@ -41,11 +41,6 @@ void bh_admin_reply_error(const bh_admin_reply_t *r, int status, const char *cod
 /* The error answer for a BH_E* code: 400/404/409/422/503, else 500. reason may be NULL. */
 void bh_admin_reply_status(const bh_admin_reply_t *r, int err, const char *reason);
 
-/* Identifier rules of the admin API. */
-bool bh_admin_valid_user_id(const char *s, size_t n);
-bool bh_admin_valid_op_id(const char *s, size_t n);
-bool bh_admin_valid_asset(const char *s, size_t n);
-
 /* Parse body as a JSON object; an empty (or all-blank) body is an empty object when empty_ok
  * (*doc is NULL then). BH_OK, or the error has been answered (400) and a negative code is
  * returned. */

@@ -79,7 +79,7 @@ static int get_op_id(const bh_admin_reply_t *r, const bh_json_t *obj, bool requi
         snprintf(out, BH_ID_MAX + 1, "%s", dflt);
         return BH_OK;
     }
-    if (!bh_admin_valid_op_id(v->str, v->len))
+    if (!bh_ledger_valid_op_id(v->str, v->len))
         return bad(r, "field '%s' must be 1..64 printable ASCII characters", "opId");
     memcpy(out, v->str, v->len + 1);
     return BH_OK;
@@ -88,7 +88,7 @@ static int get_op_id(const bh_admin_reply_t *r, const bh_json_t *obj, bool requi
 /* An asset or currency symbol from a string value (name is the field shown in errors). */
 static int get_asset(const bh_admin_reply_t *r, const char *s, size_t n, const char *name,
                      char out[BH_ASSET_MAX]) {
-    if (!bh_admin_valid_asset(s, n))
+    if (!bh_ledger_valid_asset(s, n))
         return bad(r, "'%s' must be 1..15 characters of A-Z 0-9", name);
     memcpy(out, s, n);
     out[n] = '\0';
@@ -223,7 +223,7 @@ void bh_admin_create_user(bh_admin_t *a, const bh_admin_reply_t *r, const char *
     op.has_total = true;
     if (bh_admin_check_fields(r, o, allowed) < 0 || get_str(r, o, "userId", true, &user) < 0)
         goto done;
-    if (!bh_admin_valid_user_id(user->str, user->len)) {
+    if (!bh_ledger_valid_user_id(user->str, user->len)) {
         bad(r, "field '%s' must be 1..64 characters of A-Z a-z 0-9 . _ : @ -", "userId");
         goto done;
     }

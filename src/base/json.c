@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "base/hex.h"
 
 /* ---- arena ---------------------------------------------------------------------------------- */
 
@@ -149,16 +150,10 @@ static void skip_ws(parser_t *ps) {
 static int hex4(const char *s, unsigned *out) {
     unsigned v = 0;
     for (int i = 0; i < 4; i++) {
-        char c = s[i];
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f')
-            v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F')
-            v |= (unsigned)(c - 'A' + 10);
-        else
+        int d = bh_hex_digit(s[i]);
+        if (d < 0)
             return BH_EINVAL;
+        v = v << 4 | (unsigned)d;
     }
     *out = v;
     return BH_OK;

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "../base/hex.h"
 #include "../base/error.h"
 #include "internal.h"
 
@@ -173,16 +174,6 @@ static int parse_header(const char *line, size_t n, bh_cl_http_res_t *res, frami
     return BH_OK;
 }
 
-static int hex_value(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decode a chunked body from s[*pos..len) into res->body. */
 static int parse_chunked(const char *s, size_t len, size_t *pos, bh_cl_http_res_t *res) {
     const char *line;
@@ -192,10 +183,10 @@ static int parse_chunked(const char *s, size_t len, size_t *pos, bh_cl_http_res_
         size_t size = 0, i = 0;
         if (!next_line(s, len, pos, &line, &n))
             return BH_EAGAIN;
-        for (; i < n && hex_value(line[i]) >= 0; i++) {
+        for (; i < n && bh_hex_digit(line[i]) >= 0; i++) {
             if (size > BH_CL_HTTP_MAX_BODY)
                 return BH_ETOOBIG;
-            size = size * 16 + (size_t)hex_value(line[i]);
+            size = size * 16 + (size_t)bh_hex_digit(line[i]);
         }
         if (i == 0 || (i < n && line[i] != ';' && line[i] != ' ' && line[i] != '\t'))
             return BH_EINVAL;

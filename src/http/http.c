@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include "../base/hex.h"
 #include "../base/error.h"
 
 #define PARSE_AGAIN 0 /* internal: the available bytes end inside the head */
@@ -346,16 +347,6 @@ const char *bh_http_header(const bh_http_request_t *req, const char *name, size_
     return NULL;
 }
 
-static int hexval(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decode one byte of a form-encoded run at s[*i] (advancing *i). Returns the byte (0..255) or
  * BH_EINVAL for a truncated or non-hex escape. */
 static int decode_byte(const char *s, size_t n, size_t *i) {
@@ -372,8 +363,8 @@ static int decode_byte(const char *s, size_t n, size_t *i) {
     }
     if (n - *i < 3)
         return BH_EINVAL;
-    hi = hexval(s[*i + 1]);
-    lo = hexval(s[*i + 2]);
+    hi = bh_hex_digit(s[*i + 1]);
+    lo = bh_hex_digit(s[*i + 2]);
     if (hi < 0 || lo < 0)
         return BH_EINVAL;
     *i += 3;

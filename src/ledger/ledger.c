@@ -86,8 +86,7 @@ void bh_map_free(bh_map_t *m) {
 
 /* ---- validation ---- */
 
-static bool valid_user_id(const char *s) {
-    size_t n = strnlen(s, BH_ID_MAX + 1);
+bool bh_ledger_valid_user_id(const char *s, size_t n) {
     if (n == 0 || n > BH_ID_MAX)
         return false;
     for (size_t i = 0; i < n; i++) {
@@ -99,8 +98,7 @@ static bool valid_user_id(const char *s) {
     return true;
 }
 
-static bool valid_op_id(const char *s) {
-    size_t n = strnlen(s, BH_ID_MAX + 1);
+bool bh_ledger_valid_op_id(const char *s, size_t n) {
     if (n == 0 || n > BH_ID_MAX)
         return false;
     for (size_t i = 0; i < n; i++)
@@ -109,14 +107,26 @@ static bool valid_op_id(const char *s) {
     return true;
 }
 
-static bool valid_asset(const char *s) {
-    size_t n = strnlen(s, BH_ASSET_MAX);
+bool bh_ledger_valid_asset(const char *s, size_t n) {
     if (n == 0 || n >= BH_ASSET_MAX)
         return false;
     for (size_t i = 0; i < n; i++)
         if (!((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9')))
             return false;
     return true;
+}
+
+/* The same checks on the ledger's fixed-size, NUL-terminated fields (an unterminated one fails). */
+static bool valid_user_id(const char *s) {
+    return bh_ledger_valid_user_id(s, strnlen(s, BH_ID_MAX + 1));
+}
+
+static bool valid_op_id(const char *s) {
+    return bh_ledger_valid_op_id(s, strnlen(s, BH_ID_MAX + 1));
+}
+
+static bool valid_asset(const char *s) {
+    return bh_ledger_valid_asset(s, strnlen(s, BH_ASSET_MAX));
 }
 
 static bool positive(bh_dec_t d) {

@@ -113,6 +113,13 @@ int bh_ledger_set_rates(bh_ledger_t *l, const char *currency, const bh_store_rat
 int bh_ledger_exposure(const bh_ledger_t *l, const char *base_currency, const bh_asset_t *a,
                        bh_dec_t *out);
 
+/* The identifier rules, for callers that validate input before building an op: user ids are
+ * 1..64 of A-Z a-z 0-9 . _ : @ -; op ids 1..64 printable ASCII; assets and currencies 1..15 of
+ * A-Z 0-9. */
+bool bh_ledger_valid_user_id(const char *s, size_t n);
+bool bh_ledger_valid_op_id(const char *s, size_t n);
+bool bh_ledger_valid_asset(const char *s, size_t n);
+
 /* Name of an op kind as it appears in the journal and the admin API ("deposit", ...). */
 const char *bh_op_name(bh_op_kind_t kind);
 
