@@ -512,29 +512,6 @@ static int print_response(const response_t *res) {
 /* ---- main --------------------------------------------------------------------------------------
  */
 
-/* The token from FILE (first line, surrounding blanks trimmed) into out. */
-static int read_token(const char *path, char *out, size_t cap) {
-    FILE *f = fopen(path, "r");
-    size_t n;
-
-    if (!f) {
-        bh_cli_error("cannot read the admin token file %s: %s", path, strerror(errno));
-        return BH_EXIT_USAGE;
-    }
-    n = fread(out, 1, cap - 1, f);
-    fclose(f);
-    out[n] = '\0';
-    n = strcspn(out, "\r\n");
-    out[n] = '\0';
-    while (n > 0 && (out[n - 1] == ' ' || out[n - 1] == '\t'))
-        out[--n] = '\0';
-    if (n == 0) {
-        bh_cli_error("the admin token file %s is empty", path);
-        return BH_EXIT_USAGE;
-    }
-    return BH_OK;
-}
-
 int bh_cli_admin(int argc, char **argv) {
     static const struct option opts[] = {
         {"url", required_argument, 0, 'u'},
@@ -664,7 +641,7 @@ int bh_cli_admin(int argc, char **argv) {
         for (size_t n = strlen(base); n > 0 && base[n - 1] == '/'; n--)
             base[n - 1] = '\0';
         if (token_file) {
-            if ((rc = read_token(token_file, token, sizeof token)) != BH_OK)
+            if ((rc = bh_cli_read_secret(token_file, "admin token", token, sizeof token)) != BH_OK)
                 goto done;
             tok = token;
         } else if ((tok = getenv("BALANCEHUB_ADMIN_TOKEN")) && !*tok) {

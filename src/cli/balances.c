@@ -208,32 +208,6 @@ static int hub_url(const char *in, char *out, size_t size) {
     return snprintf(out, size, "%.*s%s%s", (int)base, in, HUB_PATH, rest) < (int)size ? 0 : -1;
 }
 
-/* The key from FILE (first line, surrounding blanks trimmed) into out. */
-static int read_key(const char *path, char *out, size_t cap) {
-    FILE *f = fopen(path, "r");
-    size_t n, start = 0;
-
-    if (!f) {
-        bh_cli_error("cannot read the API key file %s: %s", path, strerror(errno));
-        return BH_EXIT_USAGE;
-    }
-    n = fread(out, 1, cap - 1, f);
-    fclose(f);
-    out[n] = '\0';
-    n = strcspn(out, "\r\n");
-    out[n] = '\0';
-    while (n > 0 && (out[n - 1] == ' ' || out[n - 1] == '\t'))
-        out[--n] = '\0';
-    while (out[start] == ' ' || out[start] == '\t')
-        start++;
-    memmove(out, out + start, n - start + 1);
-    if (out[0] == '\0') {
-        bh_cli_error("the API key file %s is empty", path);
-        return BH_EXIT_USAGE;
-    }
-    return BH_EXIT_OK;
-}
-
 static int connect_error(const app_t *app, int r) {
     const char *detail = bh_client_last_error(app->client);
 
@@ -423,7 +397,7 @@ static int client_command(int argc, char **argv, int watch) {
         return BH_EXIT_USAGE;
     }
     if (key_file) {
-        if ((rc = read_key(key_file, key_buf, sizeof(key_buf))) != BH_EXIT_OK)
+        if ((rc = bh_cli_read_secret(key_file, "API key", key_buf, sizeof(key_buf))) != BH_EXIT_OK)
             return rc;
         key = key_buf;
     } else if (!(key = getenv("BALANCEHUB_API_KEY")) || !*key) {

@@ -37,6 +37,10 @@ void bh_cli_close(bh_cli_state_t *st);
 /* Print "balancehub: MSG" to stderr (one line). */
 void bh_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* A secret (API key, admin token) from the first line of path, surrounding blanks trimmed, into
+ * out. BH_EXIT_OK, or BH_EXIT_USAGE after one line on stderr naming what was wanted. */
+int bh_cli_read_secret(const char *path, const char *what, char *out, size_t cap);
+
 int bh_cli_serve(int argc, char **argv);
 int bh_cli_admin(int argc, char **argv);
 /* balancehub balances / watch (balances.c): the client library on the command line. */

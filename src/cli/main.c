@@ -27,6 +27,29 @@ void bh_cli_error(const char *fmt, ...) {
     va_end(ap);
 }
 
+int bh_cli_read_secret(const char *path, const char *what, char *out, size_t cap) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        bh_cli_error("cannot read the %s file %s: %s", what, path, strerror(errno));
+        return BH_EXIT_USAGE;
+    }
+    size_t n = fread(out, 1, cap - 1, f), start = 0;
+    fclose(f);
+    out[n] = '\0';
+    n = strcspn(out, "\r\n");
+    out[n] = '\0';
+    while (n > 0 && (out[n - 1] == ' ' || out[n - 1] == '\t'))
+        out[--n] = '\0';
+    while (out[start] == ' ' || out[start] == '\t')
+        start++;
+    memmove(out, out + start, n - start + 1);
+    if (out[0] == '\0') {
+        bh_cli_error("the %s file %s is empty", what, path);
+        return BH_EXIT_USAGE;
+    }
+    return BH_EXIT_OK;
+}
+
 static int load_key(void *ud, const bh_store_key_t *k) {
     return bh_keyring_put(ud, k);
 }

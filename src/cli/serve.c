@@ -213,25 +213,15 @@ static void on_key_revoked(void *ud, const char *user_id, const char *key_id) {
 /* The admin token from file (or BALANCEHUB_ADMIN_TOKEN): one line, at least 16 characters. */
 static int read_token(const char *file, char *out, size_t cap) {
     const char *env = getenv("BALANCEHUB_ADMIN_TOKEN");
-    size_t n = 0;
     if (file) {
-        FILE *f = fopen(file, "r");
-        if (!f) {
-            bh_cli_error("cannot read --admin-token-file %s: %s", file, strerror(errno));
+        if (bh_cli_read_secret(file, "admin token", out, cap) != BH_EXIT_OK)
             return BH_EIO;
-        }
-        n = fread(out, 1, cap - 1, f);
-        fclose(f);
     } else if (env && *env) {
-        n = strlen(env) < cap - 1 ? strlen(env) : cap - 1;
-        memcpy(out, env, n);
+        snprintf(out, cap, "%s", env);
     } else {
         return BH_OK;
     }
-    out[n] = 0;
-    while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == '\r' || out[n - 1] == ' '))
-        out[--n] = 0;
-    if (n < 16 || strpbrk(out, "\r\n")) {
+    if (strlen(out) < 16 || strpbrk(out, "\r\n")) {
         bh_cli_error("the admin token must be one line of at least 16 characters");
         OPENSSL_cleanse(out, cap);
         return BH_EINVAL;
