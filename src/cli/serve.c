@@ -64,6 +64,15 @@ static const char serve_usage[] =
     "                           long (default 30000; 0 turns stateful reconnect off)\n"
     "  --replay-buffer BYTES    stateful reconnect: unacknowledged bytes kept per connection\n"
     "                           (default 1048576)\n"
+    "  --max-connections N      connections (negotiated, open or resumable) at most in all;\n"
+    "                           beyond, negotiate and WebSocket requests get 503\n"
+    "                           (default 100000)\n"
+    "  --max-connections-per-key N  connections at most per API key; beyond, 429\n"
+    "                           (default 32)\n"
+    "  --rate-limit N           hub invocations per second per API key, shared by its\n"
+    "                           connections; beyond, an account.balances.error event\n"
+    "                           \"rate limit exceeded\" (default 50)\n"
+    "  --rate-burst N           invocations an idle API key may send at once (default 100)\n"
     "  -h, --help               this help\n";
 
 static void on_http(void *ud, bh_http_conn_t *hc, const bh_http_request_t *req, const char *body,
@@ -231,6 +240,7 @@ static int read_token(const char *file, char *out, size_t cap) {
 
 enum { OPT_TLS_CERT = 0x100, OPT_TLS_KEY };
 enum { OPT_CORS = 0x200, OPT_LP_POLL, OPT_RECONNECT, OPT_REPLAY, OPT_MAX_BODY };
+enum { OPT_MAX_CONNS = 0x300, OPT_MAX_CONNS_KEY, OPT_RATE, OPT_BURST };
 
 /* An environment variable as an option default; empty counts as unset. */
 static const char *env_opt(const char *name) {
@@ -257,6 +267,10 @@ int bh_cli_serve(int argc, char **argv) {
         {"reconnect-window-ms", required_argument, 0, OPT_RECONNECT},
         {"replay-buffer", required_argument, 0, OPT_REPLAY},
         {"max-body", required_argument, 0, OPT_MAX_BODY},
+        {"max-connections", required_argument, 0, OPT_MAX_CONNS},
+        {"max-connections-per-key", required_argument, 0, OPT_MAX_CONNS_KEY},
+        {"rate-limit", required_argument, 0, OPT_RATE},
+        {"rate-burst", required_argument, 0, OPT_BURST},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -272,7 +286,7 @@ int bh_cli_serve(int argc, char **argv) {
     const char *token_file = NULL;
     const char *tls_cert = env_opt("BALANCEHUB_TLS_CERT"), *tls_key = env_opt("BALANCEHUB_TLS_KEY");
     int demo = 0, c;
-    uint64_t v;
+    uint64_t v, rate = 50, burst = 100;
     if (!listen || !*listen)
         listen = "127.0.0.1:5000";
     opterr = 0;
@@ -346,6 +360,24 @@ int bh_cli_serve(int argc, char **argv) {
             else
                 sc.reconnect_window_ms = v;
             break;
+        case OPT_MAX_CONNS:
+        case OPT_MAX_CONNS_KEY:
+        case OPT_RATE:
+        case OPT_BURST:
+            if (parse_u64(optarg, &v) < 0 || v == 0 || v > 1000000000) {
+                bh_cli_error("%s needs a whole number from 1 to 1000000000, got '%s'",
+                             argv[optind - 2], optarg);
+                return BH_EXIT_USAGE;
+            }
+            if (c == OPT_MAX_CONNS)
+                sc.max_conns = (size_t)v;
+            else if (c == OPT_MAX_CONNS_KEY)
+                sc.max_conns_per_key = (size_t)v;
+            else if (c == OPT_RATE)
+                rate = v;
+            else
+                burst = v;
+            break;
         default:
             bh_cli_error("unknown or incomplete option '%s': run 'balancehub serve --help'",
                          argv[optind - 1]);
@@ -392,6 +424,7 @@ int bh_cli_serve(int argc, char **argv) {
         bh_cli_error("cannot start the SignalR server: out of memory");
         goto done;
     }
+    bh_hub_set_rate_limit(srv.hub, (double)rate, (double)burst);
     bh_ledger_set_listener(srv.st.ledger, bh_hub_on_change, srv.hub);
     bh_admin_config_t ac = {
         .ledger = srv.st.ledger,

@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../base/error.h"
 #include "../base/log.h"
@@ -14,11 +15,24 @@
 
 typedef struct hub_user hub_user_t;
 
+/* The command-rate token bucket of one API key id; exists while the key has connections (a
+ * key whose connections all closed starts again with a full bucket, which the per-key
+ * connection limit and the cost of a new connection bound). */
+typedef struct hub_rate {
+    struct hub_rate *next;
+    uint64_t hash;
+    size_t refs; /* connections of this key */
+    double tokens;
+    uint64_t last_ms; /* monotonic time of the last refill */
+    char key_id[BH_SR_ID_MAX + 1];
+} hub_rate_t;
+
 /* Per-connection state, owned through bh_sr_conn_set_data from on_connected to
  * on_disconnected; a member of its user's list for exactly that time. */
 typedef struct hub_conn {
     struct hub_conn *prev, *next; /* the user's connections */
     hub_user_t *user;
+    hub_rate_t *rate; /* its key's bucket, NULL when none could be made (then not limited) */
     bh_sr_conn_t *c;
     uint64_t round; /* the last fan-out that already served this connection */
     int subscribed; /* had a successful GetBalances */
@@ -40,7 +54,10 @@ struct bh_hub {
     bh_buf_t env;         /* envelope scratch */
     hub_user_t **buckets; /* user id -> its connections; chained, power-of-two size */
     size_t nbuckets, nusers;
-    uint64_t round; /* fan-out counter, see hub_conn_t.round */
+    uint64_t round;        /* fan-out counter, see hub_conn_t.round */
+    hub_rate_t **rbuckets; /* key id -> its bucket; chained, power-of-two size */
+    size_t nrbuckets, nrates;
+    double rate_per_ms, rate_burst;
 };
 
 /* ---- user index ---- */
@@ -139,6 +156,92 @@ static void conn_unlink(bh_hub_t *h, hub_conn_t *hc) {
         user_remove(h, u);
 }
 
+/* ---- per-key command rate ---- */
+
+static uint64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int rate_grow(bh_hub_t *h) {
+    size_t n = h->nrbuckets ? h->nrbuckets * 2 : BH_HUB_MIN_BUCKETS;
+    hub_rate_t **b = calloc(n, sizeof *b);
+    if (!b)
+        return BH_ENOMEM;
+    for (size_t i = 0; i < h->nrbuckets; i++) {
+        for (hub_rate_t *r = h->rbuckets[i], *next; r; r = next) {
+            next = r->next;
+            r->next = b[r->hash & (n - 1)];
+            b[r->hash & (n - 1)] = r;
+        }
+    }
+    free(h->rbuckets);
+    h->rbuckets = b;
+    h->nrbuckets = n;
+    return BH_OK;
+}
+
+/* The bucket of key_id with one more reference (made full when new), or NULL. */
+static hub_rate_t *rate_ref(bh_hub_t *h, const char *key_id) {
+    if (h->nrates >= h->nrbuckets && rate_grow(h) < 0 && !h->nrbuckets)
+        return NULL;
+    uint64_t hash = hash_id(key_id);
+    hub_rate_t **slot = &h->rbuckets[hash & (h->nrbuckets - 1)];
+    for (hub_rate_t *r = *slot; r; r = r->next) {
+        if (r->hash == hash && strcmp(r->key_id, key_id) == 0) {
+            r->refs++;
+            return r;
+        }
+    }
+    size_t len = strlen(key_id);
+    hub_rate_t *r = len < sizeof r->key_id ? calloc(1, sizeof *r) : NULL;
+    if (!r)
+        return NULL;
+    memcpy(r->key_id, key_id, len + 1);
+    r->hash = hash;
+    r->refs = 1;
+    r->tokens = h->rate_burst;
+    r->last_ms = mono_ms();
+    r->next = *slot;
+    *slot = r;
+    h->nrates++;
+    return r;
+}
+
+static void rate_unref(bh_hub_t *h, hub_rate_t *r) {
+    if (!r || --r->refs > 0)
+        return;
+    for (hub_rate_t **p = &h->rbuckets[r->hash & (h->nrbuckets - 1)]; *p; p = &(*p)->next) {
+        if (*p == r) {
+            *p = r->next;
+            break;
+        }
+    }
+    h->nrates--;
+    free(r);
+}
+
+/* Take one token from r: 1 when there was one, 0 when the key is over its rate. */
+static int rate_take(const bh_hub_t *h, hub_rate_t *r) {
+    uint64_t now = mono_ms();
+    if (now > r->last_ms) {
+        r->tokens += (double)(now - r->last_ms) * h->rate_per_ms;
+        if (r->tokens > h->rate_burst)
+            r->tokens = h->rate_burst;
+        r->last_ms = now;
+    }
+    if (r->tokens < 1.0)
+        return 0;
+    r->tokens -= 1.0;
+    return 1;
+}
+
+void bh_hub_set_rate_limit(bh_hub_t *h, double per_sec, double burst) {
+    h->rate_per_ms = per_sec / 1000.0;
+    h->rate_burst = burst;
+}
+
 /* ---- envelopes ---- */
 
 int bh_hub_write_envelope(bh_buf_t *b, const char *subject, const char *type, const char *client_id,
@@ -213,6 +316,14 @@ static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const 
     bh_hub_t *h = ud;
     const bh_json_t *id;
     const char *bad = check_client_id(args, &id);
+    hub_conn_t *hcr = bh_sr_conn_data(c);
+    if (hcr && hcr->rate && !rate_take(h, hcr->rate)) {
+        /* Over the key's rate: an error event, the invocation still completes normally. */
+        const char *echo =
+            id && id->type == BH_JSON_STRING && !memchr(id->str, 0, id->len) ? id->str : NULL;
+        send_message_event(h, c, "account.balances.error", echo, "rate limit exceeded");
+        return BH_OK;
+    }
     if (bad) {
         const char *echo =
             id && id->type == BH_JSON_STRING && !memchr(id->str, 0, id->len) ? id->str : NULL;
@@ -279,6 +390,7 @@ static void hub_connected(void *ud, bh_sr_conn_t *c) {
         return;
     }
     hc->c = c;
+    hc->rate = rate_ref(h, bh_sr_conn_key_id(c)); /* NULL (out of memory): not limited */
     conn_link(u, hc);
     bh_sr_conn_set_data(c, hc);
 }
@@ -289,6 +401,7 @@ static void hub_disconnected(void *ud, bh_sr_conn_t *c) {
     if (!hc)
         return;
     conn_unlink(h, hc);
+    rate_unref(h, hc->rate);
     bh_sr_conn_set_data(c, NULL);
     free(hc);
 }
@@ -378,6 +491,7 @@ int bh_hub_new(bh_ledger_t *ledger, const bh_keyring_t *keyring, bh_hub_t **out)
         return BH_ENOMEM;
     h->ledger = ledger;
     h->keyring = keyring;
+    bh_hub_set_rate_limit(h, 50, 100);
     bh_buf_init(&h->env, 0);
     if (grow(h) < 0) {
         free(h);
@@ -405,6 +519,12 @@ void bh_hub_free(bh_hub_t *h) {
         }
     }
     free(h->buckets);
+    for (size_t i = 0; i < h->nrbuckets; i++)
+        for (hub_rate_t *r = h->rbuckets[i], *next; r; r = next) {
+            next = r->next;
+            free(r);
+        }
+    free(h->rbuckets);
     bh_buf_free(&h->env);
     free(h);
 }

@@ -17,6 +17,9 @@ typedef struct bh_hub bh_hub_t;
 /* The hub reads snapshots from ledger and resolves API keys through keyring (both borrowed). */
 int bh_hub_new(bh_ledger_t *ledger, const bh_keyring_t *keyring, bh_hub_t **out);
 void bh_hub_free(bh_hub_t *h);
+/* Per-key command rate: a token bucket per API key id, shared by all its connections, refilled
+ * at per_sec tokens a second up to burst (defaults 50 and 100); each GetBalances takes one. */
+void bh_hub_set_rate_limit(bh_hub_t *h, double per_sec, double burst);
 
 /* The method table and hooks to give bh_sr_server_new, with the hub as its user data. */
 const bh_sr_method_t *bh_hub_methods(size_t *n);

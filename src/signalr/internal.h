@@ -45,7 +45,7 @@ struct bh_sr_conn {
     int state;
     unsigned registered : 1, listed : 1, timer_on : 1, handshaken : 1, connected : 1, closing : 1,
         finished : 1, finish_due : 1, binary : 1, stateful_ok : 1, stateful : 1, ack_due : 1,
-        replay_off : 1, blocked : 1, resume_due : 1, input_paused : 1, stalled : 1;
+        replay_off : 1, blocked : 1, resume_due : 1, input_paused : 1, stalled : 1, counted : 1;
     /* input backpressure: while blocked, the client's output backed up and unhandled input
      * waits in `in`; stall_ms/stall_taken: when the client last took some of its output, and how
      * much it had */
@@ -127,6 +127,10 @@ struct bh_sr_server {
     size_t npending;
     bh_sr_conn_t **buckets; /* registry: connection token -> session */
     size_t nbuckets, nregistered;
+    /* sessions per API key id (counted from their first transport until they are freed):
+     * chained hash table, power-of-two size, entries exist while their count is non-zero */
+    struct bh_sr_keycount **kbuckets;
+    size_t nkbuckets, nkeys;
     char *cors_list; /* the allowed origins, NUL-separated, NULL for none */
     int cors_any;
     int closing_all, shut_down;
@@ -154,6 +158,12 @@ int bh_sr_reply_text(const bh_sr_req_t *rq, int status, const char *msg);
 /* Authenticate the request's key (Bearer or access_token): BH_OK, or the 401 is sent. */
 int bh_sr_authenticate(const bh_sr_req_t *rq, char user_id[BH_SR_ID_MAX + 1],
                        char key_id[BH_SR_ID_MAX + 1]);
+/* Whether one more session for key_id fits the limits: BH_OK, or the 429 (per key) or 503
+ * (server total) is sent. */
+int bh_sr_admit(const bh_sr_req_t *rq, const char *key_id);
+/* Count a new session of key_id (BH_ENOMEM) / forget it. */
+int bh_sr_key_acquire(bh_sr_server_t *s, const char *key_id);
+void bh_sr_key_release(bh_sr_server_t *s, const char *key_id);
 /* The session named by the id parameter, for the key of the request, or NULL with the answer
  * sent (400 no id, 401 key, 404 unknown, 403 another key). */
 bh_sr_conn_t *bh_sr_lookup(const bh_sr_req_t *rq);

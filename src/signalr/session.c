@@ -109,9 +109,17 @@ bh_sr_conn_t *bh_sr_session_new(bh_sr_server_t *s, const char *user_id, const ch
     return c;
 }
 
+static void uncount(bh_sr_conn_t *c) {
+    if (c->counted) {
+        c->counted = 0;
+        bh_sr_key_release(c->srv, c->key_id);
+    }
+}
+
 void bh_sr_session_free_pending(bh_sr_conn_t *c) {
     bh_sr_registry_remove(c->srv, c);
     list_unlink(c);
+    uncount(c);
     bh_buf_free(&c->in);
     bh_buf_free(&c->replay);
     free(c);
@@ -122,6 +130,9 @@ void bh_sr_session_attach(bh_sr_conn_t *c, const bh_sr_transport_t *tp, void *at
     list_unlink(c);
     c->state = BH_SR_OPEN;
     list_live(c);
+    /* Counted from its first transport on (negotiations alone hold no slot); out of memory: not
+     * counted. */
+    c->counted = bh_sr_key_acquire(c->srv, c->key_id) == 0;
     c->tp = tp;
     c->att = att;
     c->loop = loop;
@@ -158,6 +169,7 @@ void bh_sr_session_finish(bh_sr_conn_t *c) {
     /* Out of the registry first: requests the detach below may run find no session. */
     bh_sr_registry_remove(s, c);
     list_unlink(c);
+    uncount(c);
     if (c->att)
         c->tp->detach(c);
     c->att = NULL;

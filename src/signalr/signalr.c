@@ -97,6 +97,106 @@ bh_sr_conn_t *bh_sr_lookup(const bh_sr_req_t *rq) {
     return c;
 }
 
+/* ---- connection limits ---- */
+
+struct bh_sr_keycount {
+    struct bh_sr_keycount *next;
+    uint64_t hash;
+    size_t count;
+    char key_id[BH_SR_ID_MAX + 1];
+};
+
+static uint64_t key_hash(const bh_sr_server_t *s, const char *key_id) {
+    uint64_t h = 1469598103934665603ull ^ s->hash_seed; /* FNV-1a, seeded */
+    for (; *key_id; key_id++) {
+        h ^= (unsigned char)*key_id;
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static struct bh_sr_keycount **key_slot(const bh_sr_server_t *s, const char *key_id,
+                                        uint64_t hash) {
+    struct bh_sr_keycount **p = &s->kbuckets[hash & (s->nkbuckets - 1)];
+    for (; *p; p = &(*p)->next)
+        if ((*p)->hash == hash && strcmp((*p)->key_id, key_id) == 0)
+            break;
+    return p;
+}
+
+static size_t key_count(const bh_sr_server_t *s, const char *key_id) {
+    if (!s->nkbuckets)
+        return 0;
+    struct bh_sr_keycount *k = *key_slot(s, key_id, key_hash(s, key_id));
+    return k ? k->count : 0;
+}
+
+/* Double the table (or make the first one); a failure keeps the old one. */
+static int key_grow(bh_sr_server_t *s) {
+    size_t n = s->nkbuckets ? s->nkbuckets * 2 : 64;
+    struct bh_sr_keycount **b = calloc(n, sizeof *b);
+    if (!b)
+        return BH_ENOMEM;
+    for (size_t i = 0; i < s->nkbuckets; i++) {
+        for (struct bh_sr_keycount *k = s->kbuckets[i], *next; k; k = next) {
+            next = k->next;
+            k->next = b[k->hash & (n - 1)];
+            b[k->hash & (n - 1)] = k;
+        }
+    }
+    free(s->kbuckets);
+    s->kbuckets = b;
+    s->nkbuckets = n;
+    return BH_OK;
+}
+
+int bh_sr_key_acquire(bh_sr_server_t *s, const char *key_id) {
+    if (s->nkeys >= s->nkbuckets && key_grow(s) < 0 && !s->nkbuckets)
+        return BH_ENOMEM;
+    uint64_t hash = key_hash(s, key_id);
+    struct bh_sr_keycount **p = key_slot(s, key_id, hash);
+    if (!*p) {
+        struct bh_sr_keycount *k = calloc(1, sizeof *k);
+        if (!k)
+            return BH_ENOMEM;
+        k->hash = hash;
+        snprintf(k->key_id, sizeof k->key_id, "%s", key_id);
+        *p = k;
+        s->nkeys++;
+    }
+    (*p)->count++;
+    return BH_OK;
+}
+
+void bh_sr_key_release(bh_sr_server_t *s, const char *key_id) {
+    if (!s->nkbuckets)
+        return;
+    struct bh_sr_keycount **p = key_slot(s, key_id, key_hash(s, key_id));
+    struct bh_sr_keycount *k = *p;
+    if (!k || --k->count > 0)
+        return;
+    *p = k->next;
+    free(k);
+    s->nkeys--;
+}
+
+int bh_sr_admit(const bh_sr_req_t *rq, const char *key_id) {
+    bh_sr_server_t *s = rq->s;
+    static const char per_key[] = "{\"error\":\"too many connections for this API key\"}";
+    static const char total[] = "{\"error\":\"server at connection limit\"}";
+    if (s->nconns >= s->cfg.max_conns) {
+        bh_sr_reply(rq, 503, "application/json", "Cache-Control: no-store\r\n", total,
+                    sizeof total - 1);
+        return BH_ELIMIT;
+    }
+    if (key_count(s, key_id) >= s->cfg.max_conns_per_key) {
+        bh_sr_reply(rq, 429, "application/json", "Cache-Control: no-store\r\n", per_key,
+                    sizeof per_key - 1);
+        return BH_ELIMIT;
+    }
+    return BH_OK;
+}
+
 /* ---- CORS ---- */
 
 /* Same origin: the Origin's host[:port] is the request's Host. */
@@ -187,6 +287,8 @@ static void negotiate(bh_sr_req_t *rq) {
         bh_sr_reply_text(rq, 503, "Too many connections are being negotiated; try again later.");
         return;
     }
+    if (bh_sr_admit(rq, key_id) < 0)
+        return;
     char token[BH_SR_TOKEN_CHARS + 1], id[BH_SR_CONN_ID_CHARS + 1];
     bh_sr_token_new(s, rq->now, key_id, stateful, token, id);
     bh_sr_conn_t *c =
@@ -332,6 +434,10 @@ int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, s
         s->cfg.lp_max_queued = 1 << 20;
     if (!s->cfg.max_batch)
         s->cfg.max_batch = 1 << 20;
+    if (!s->cfg.max_conns_per_key)
+        s->cfg.max_conns_per_key = 32;
+    if (!s->cfg.max_conns)
+        s->cfg.max_conns = 100000;
     s->methods = methods;
     s->nmethods = nmethods;
     s->hooks = *hooks;
@@ -373,6 +479,12 @@ void bh_sr_server_free(bh_sr_server_t *s) {
         return;
     bh_sr_server_shutdown(s);
     bh_sr_registry_free(s);
+    for (size_t i = 0; i < s->nkbuckets; i++) /* empty by now; never leak on a bug */
+        for (struct bh_sr_keycount *k = s->kbuckets[i], *next; k; k = next) {
+            next = k->next;
+            free(k);
+        }
+    free(s->kbuckets);
     free(s->cors_list);
     bh_buf_free(&s->msg);
     bh_buf_free(&s->wire);

@@ -52,6 +52,11 @@ typedef struct {
     int no_stateful_reconnect; /* never offer useStatefulReconnect */
     const char *cors_origins;  /* allowed browser origins, comma-separated, "*" for any;
                                   NULL: same-origin only */
+    /* Sessions (negotiated and not yet expired, open, or waiting to resume) at most per API key
+     * id (32; beyond: 429) and in all (100000; beyond: 503). Checked by every request that
+     * would create one: negotiate and a WebSocket without a known session. */
+    size_t max_conns_per_key;
+    size_t max_conns;
 } bh_sr_config_t;
 
 int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, size_t nmethods,

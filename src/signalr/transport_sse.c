@@ -111,6 +111,8 @@ void bh_sr_sse_request(bh_sr_req_t *rq, bh_sr_conn_t *c) {
                              : "This connection uses another transport.");
         return;
     }
+    if (bh_sr_admit(rq, c->key_id) < 0)
+        return;
     sr_sse_t *e = calloc(1, sizeof *e);
     if (!e) {
         bh_sr_reply_text(rq, 500, "out of memory");

@@ -226,6 +226,8 @@ void bh_sr_ws_request(bh_sr_req_t *rq) {
     char id[BH_SR_CONN_ID_CHARS + 1], token[BH_SR_TOKEN_CHARS + 1], accept[29];
     if (find_session(rq, key_id, &c, &resume, id, token, &stateful) < 0)
         return;
+    if (!resume && bh_sr_admit(rq, key_id) < 0) /* a session starts: within the limits? */
+        return;
     sr_ws_t *w = calloc(1, sizeof *w);
     if (!w || bh_ws_accept_key(key, klen, accept) < 0)
         goto fail;

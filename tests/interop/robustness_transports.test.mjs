@@ -61,6 +61,9 @@ before(async () => {
       '--admin-token-file', tokenFile,
       '--handshake-timeout-ms', String(HANDSHAKE_TIMEOUT_MS),
       '--lp-poll-timeout-ms', String(LP_POLL_TIMEOUT_MS),
+      // These floods test backpressure and output caps, so every invocation must be answered
+      // in full: the per-key command rate limit (tests/interop/limits.test.mjs) is lifted here.
+      '--rate-limit', '1000000', '--rate-burst', '1000000',
     ],
   });
   await admin('POST', '/admin/users', { userId: FAT, baseCurrency: 'EUR', totalMaxExposure: '1000', opId: `create-${FAT}` }, 201);
