@@ -139,41 +139,6 @@ int bh_admin_check_fields(const bh_admin_reply_t *r, const bh_json_t *obj,
     return BH_OK;
 }
 
-int bh_admin_write_json(bh_buf_t *b, const bh_json_t *v) {
-    int rc = BH_OK;
-
-    switch (v->type) {
-    case BH_JSON_NULL:
-        return bh_buf_appends(b, "null");
-    case BH_JSON_FALSE:
-        return bh_buf_appends(b, "false");
-    case BH_JSON_TRUE:
-        return bh_buf_appends(b, "true");
-    case BH_JSON_NUMBER:
-        return bh_buf_append(b, v->str, v->len);
-    case BH_JSON_STRING:
-        return bh_json_write_str(b, v->str, v->len);
-    case BH_JSON_ARRAY:
-    case BH_JSON_OBJECT:
-        rc = bh_buf_appendc(b, v->type == BH_JSON_ARRAY ? '[' : '{');
-        for (const bh_json_t *c = v->child; c && rc == BH_OK; c = c->next) {
-            if (c != v->child)
-                rc = bh_buf_appendc(b, ',');
-            if (rc == BH_OK && v->type == BH_JSON_OBJECT) {
-                rc = bh_json_write_str(b, c->key, c->key_len);
-                if (rc == BH_OK)
-                    rc = bh_buf_appendc(b, ':');
-            }
-            if (rc == BH_OK)
-                rc = bh_admin_write_json(b, c);
-        }
-        if (rc == BH_OK)
-            rc = bh_buf_appendc(b, v->type == BH_JSON_ARRAY ? ']' : '}');
-        return rc;
-    }
-    return BH_EINVAL;
-}
-
 /* ---- keys -------------------------------------------------------------------------------------
  */
 
@@ -373,7 +338,7 @@ static int journal_entry(void *ud, const bh_store_journal_t *j) {
             if (rc == BH_OK)
                 rc = bh_buf_appendc(b, ':');
             if (rc == BH_OK)
-                rc = bh_admin_write_json(b, m);
+                rc = bh_json_write(b, m);
         }
     }
     bh_json_free(doc);

@@ -50,9 +50,6 @@ int bh_admin_parse_body(const bh_admin_reply_t *r, const char *body, size_t len,
 int bh_admin_check_fields(const bh_admin_reply_t *r, const bh_json_t *obj,
                           const char *const *allowed);
 
-/* Append v as compact JSON (numbers keep their source text). */
-int bh_admin_write_json(bh_buf_t *b, const bh_json_t *v);
-
 /* Ledger-backed routes (ops.c). user is the decoded, validated path segment. */
 void bh_admin_create_user(bh_admin_t *a, const bh_admin_reply_t *r, const char *body, size_t len);
 void bh_admin_delete_user(bh_admin_t *a, const bh_admin_reply_t *r, const char *user,

@@ -118,7 +118,7 @@ static int data_of(const bh_op_result_t *res, bh_buf_t *b) {
     if (res->result && res->result_len &&
         bh_json_parse(res->result, res->result_len, 16, &doc) == BH_OK &&
         (d = bh_json_get(bh_json_root(doc), "data")) && d->type == BH_JSON_OBJECT)
-        rc = bh_admin_write_json(b, d);
+        rc = bh_json_write(b, d);
     bh_json_free(doc);
     if (rc < 0 && res->snap) {
         bh_buf_reset(b);

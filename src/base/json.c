@@ -585,3 +585,38 @@ fail:
     b->data[old] = '\0';
     return rc;
 }
+
+int bh_json_write(bh_buf_t *b, const bh_json_t *v) {
+    int rc = BH_OK;
+
+    switch (v->type) {
+    case BH_JSON_NULL:
+        return bh_buf_appends(b, "null");
+    case BH_JSON_FALSE:
+        return bh_buf_appends(b, "false");
+    case BH_JSON_TRUE:
+        return bh_buf_appends(b, "true");
+    case BH_JSON_NUMBER:
+        return bh_buf_append(b, v->str, v->len);
+    case BH_JSON_STRING:
+        return bh_json_write_str(b, v->str, v->len);
+    case BH_JSON_ARRAY:
+    case BH_JSON_OBJECT:
+        rc = bh_buf_appendc(b, v->type == BH_JSON_ARRAY ? '[' : '{');
+        for (const bh_json_t *c = v->child; c && rc == BH_OK; c = c->next) {
+            if (c != v->child)
+                rc = bh_buf_appendc(b, ',');
+            if (rc == BH_OK && v->type == BH_JSON_OBJECT) {
+                rc = bh_json_write_str(b, c->key, c->key_len);
+                if (rc == BH_OK)
+                    rc = bh_buf_appendc(b, ':');
+            }
+            if (rc == BH_OK)
+                rc = bh_json_write(b, c);
+        }
+        if (rc == BH_OK)
+            rc = bh_buf_appendc(b, v->type == BH_JSON_ARRAY ? ']' : '}');
+        return rc;
+    }
+    return BH_EINVAL;
+}

@@ -47,6 +47,10 @@ const bh_json_t *bh_json_at(const bh_json_t *arr, size_t i);
 /* A NUMBER that is an integer in int64 range (no fraction, no exponent): BH_OK or BH_EINVAL. */
 int bh_json_int(const bh_json_t *v, int64_t *out);
 
+/* Append the tree v as compact JSON: numbers as their source text, strings escaped, members in
+ * order. BH_EINVAL for a node of unknown type. */
+int bh_json_write(bh_buf_t *b, const bh_json_t *v);
+
 /* Append s as a quoted JSON string with the required escapes (control characters as \u00XX). */
 int bh_json_write_str(bh_buf_t *b, const char *s, size_t n);
 

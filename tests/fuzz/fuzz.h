@@ -17,8 +17,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* util.c: JSON trees for the harnesses that re-encode what they parsed. */
 
-/* Append v as compact JSON text (strings escaped by bh_json_write_str, numbers as their text). */
-int fuzz_json_write(bh_buf_t *b, const bh_json_t *v);
 /* Same shape, types, keys and strings. Numbers compare by text, or with loose_numbers (a
  * protocol that carries them as binary numbers) by the value strtod gives both texts. */
 int fuzz_json_equal(const bh_json_t *a, const bh_json_t *b, int loose_numbers);

@@ -5,42 +5,6 @@
 #include "base/error.h"
 #include "fuzz.h"
 
-int fuzz_json_write(bh_buf_t *b, const bh_json_t *v) {
-    const bh_json_t *c;
-    int r = BH_OK;
-
-    switch (v->type) {
-    case BH_JSON_NULL:
-        return bh_buf_appends(b, "null");
-    case BH_JSON_FALSE:
-        return bh_buf_appends(b, "false");
-    case BH_JSON_TRUE:
-        return bh_buf_appends(b, "true");
-    case BH_JSON_NUMBER:
-        return bh_buf_append(b, v->str, v->len);
-    case BH_JSON_STRING:
-        return bh_json_write_str(b, v->str, v->len);
-    case BH_JSON_ARRAY:
-    case BH_JSON_OBJECT:
-        r = bh_buf_appendc(b, v->type == BH_JSON_ARRAY ? '[' : '{');
-        for (c = v->child; r == BH_OK && c != NULL; c = c->next) {
-            if (c != v->child)
-                r = bh_buf_appendc(b, ',');
-            if (r == BH_OK && v->type == BH_JSON_OBJECT) {
-                r = bh_json_write_str(b, c->key, c->key_len);
-                if (r == BH_OK)
-                    r = bh_buf_appendc(b, ':');
-            }
-            if (r == BH_OK)
-                r = fuzz_json_write(b, c);
-        }
-        if (r == BH_OK)
-            r = bh_buf_appendc(b, v->type == BH_JSON_ARRAY ? ']' : '}');
-        return r;
-    }
-    return BH_EINVAL;
-}
-
 static int numbers_equal(const bh_json_t *a, const bh_json_t *b, int loose) {
     if (a->len == b->len && memcmp(a->str, b->str, a->len) == 0)
         return 1;
@@ -345,7 +309,7 @@ static void reencode(const bh_sr_protocol_t *p, int loose, const bh_sr_msg_t *m)
             !strings_utf8(m->arguments->child) || fuzz_json_depth(m->arguments->child) > ARG_DEPTH)
             break;
         bh_buf_init(&arg, 0);
-        FUZZ_CHECK(fuzz_json_write(&arg, m->arguments->child) == BH_OK);
+        FUZZ_CHECK(bh_json_write(&arg, m->arguments->child) == BH_OK);
         fuzz_hub_invocation(p, loose, m->target, arg.data, arg.len);
         bh_buf_free(&arg);
         break;

@@ -529,6 +529,28 @@ static void assert_written(const char *s, size_t n, const char *want) {
     bh_buf_free(&b);
 }
 
+/* The tree writer: compact, numbers as their source text, escapes, member order kept. */
+static void test_write_tree(void **state) {
+    const char *in = " { \"b\" : [ 1.50 , -0 , 1e3, true ,false, null ] , \"a\\u00e9\" : { } ,"
+                     " \"c\":\"x\\n\\u0001\" , \"d\": [] } ";
+    const char *want = "{\"b\":[1.50,-0,1e3,true,false,null],\"a\xc3\xa9\":{},"
+                       "\"c\":\"x\\n\\u0001\",\"d\":[]}";
+    bh_json_doc_t *doc = NULL;
+    bh_buf_t b;
+    bh_buf_init(&b, 0);
+    assert_int_equal(bh_json_parse(in, strlen(in), 16, &doc), BH_OK);
+    assert_int_equal(bh_json_write(&b, bh_json_root(doc)), BH_OK);
+    assert_string_equal(b.data, want);
+    /* A cap too small for the whole text fails instead of writing past it. */
+    bh_buf_t small;
+    bh_buf_init(&small, 10);
+    assert_int_equal(bh_json_write(&small, bh_json_root(doc)), BH_ETOOBIG);
+    assert_true(small.len <= 10);
+    bh_buf_free(&small);
+    bh_buf_free(&b);
+    bh_json_free(doc);
+}
+
 static void test_write_str(void **state) {
     assert_written("", 0, "\"\"");
     assert_written(NULL, 0, "\"\"");
@@ -768,6 +790,7 @@ int main(void) {
         cmocka_unit_test(test_utf8_samples),
         cmocka_unit_test(test_utf8_exhaustive),
         cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_write_tree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
