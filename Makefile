@@ -77,8 +77,15 @@ unit: $(TEST_BIN)
 # One test file at a time (each starts its own servers); Node 18 has no --test-concurrency.
 NODE_TEST := node --test $(shell node -e 'if (+process.versions.node.split(".")[0] >= 20) console.log("--test-concurrency=1")' 2>/dev/null)
 
+# Secrets never in logs: the harness appends every server's stderr and every secret the tests
+# know (API keys, admin tokens) to TEST_LOG_DIR; tests/system/secrets_scan.mjs then fails if one
+# of them, or anything shaped like an API key, is in a log (or if there is nothing to scan).
+TEST_LOG_DIR := $(BUILD)/test-logs
+
 interop: $(BIN)
-	BALANCEHUB_BIN=$(abspath $(BIN)) $(NODE_TEST) tests/interop/*.test.mjs tests/system/*.test.mjs tests/browser/*.test.mjs
+	rm -rf $(TEST_LOG_DIR) && mkdir -p $(TEST_LOG_DIR)
+	BALANCEHUB_TEST_LOG_DIR=$(abspath $(TEST_LOG_DIR)) BALANCEHUB_BIN=$(abspath $(BIN)) $(NODE_TEST) tests/interop/*.test.mjs tests/system/*.test.mjs tests/browser/*.test.mjs
+	node tests/system/secrets_scan.mjs $(TEST_LOG_DIR)
 
 # The tester page in headless Chromium (playwright-core driving Debian's /usr/bin/chromium).
 browser: $(BIN)
@@ -205,8 +212,18 @@ define install_client
 	  > $(1)/lib/pkgconfig/balancehub.pc
 endef
 
-install: $(CLIENT_A) $(CLIENT_SO)
+# The server too: PREFIX/bin/balancehub, its man page, the systemd unit (ExecStart names
+# PREFIX/bin/balancehub) and the example config file (tests/system/install.test.mjs).
+install: $(BIN) $(CLIENT_A) $(CLIENT_SO)
 	$(call install_client,$(DESTDIR)$(PREFIX),$(PREFIX))
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	  $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/share/doc/balancehub
+	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/balancehub
+	install -m 644 man/balancehub.1 $(DESTDIR)$(PREFIX)/share/man/man1/balancehub.1
+	sed 's|@PREFIX@|$(PREFIX)|g' dist/balancehub.service \
+	  > $(DESTDIR)$(PREFIX)/lib/systemd/system/balancehub.service
+	chmod 644 $(DESTDIR)$(PREFIX)/lib/systemd/system/balancehub.service
+	install -m 644 dist/balancehub.conf $(DESTDIR)$(PREFIX)/share/doc/balancehub/balancehub.conf
 
 $(STAGE)/.installed: $(CLIENT_A) $(CLIENT_SO) include/balancehub/client.h \
 		src/client/balancehub.pc.in

@@ -18,7 +18,7 @@
 #include "../base/json.h"
 #include "cli.h"
 
-#define DEFAULT_URL "http://127.0.0.1:5000"
+#define DEFAULT_URL "http://127.0.0.1:5001" /* serve's operations listener (--admin-listen) */
 #define TOKEN_MAX 4096
 
 enum { O_OPID = 1, O_BASE = 2, O_TOTAL = 4, O_SINCE = 8, O_LIMIT = 16 };
@@ -53,8 +53,9 @@ static const char admin_usage[] =
     "usage: balancehub admin [--url URL] [--admin-token-file FILE] [--data DIR] COMMAND ARGS\n"
     "\n"
     "Administers users, balances, rates and API keys through the admin API of a running\n"
-    "server (--url, default env BALANCEHUB_URL or " DEFAULT_URL "), or offline on a data\n"
-    "directory with --data DIR (stop the server that uses it first).\n"
+    "server, which serves it on its operations listener (serve --admin-listen): --url, default\n"
+    "env BALANCEHUB_URL or " DEFAULT_URL ". Or offline on a data directory with --data DIR\n"
+    "(stop the server that uses it first).\n"
     "The admin token comes from --admin-token-file FILE or env BALANCEHUB_ADMIN_TOKEN.\n"
     "\n"
     "commands:\n"
@@ -74,7 +75,8 @@ static const char admin_usage[] =
 
 static const char connection_help[] =
     "\n"
-    "connection: --url URL (env BALANCEHUB_URL, default " DEFAULT_URL "),\n"
+    "connection: --url URL of the operations listener (env BALANCEHUB_URL, default\n"
+    "            " DEFAULT_URL "),\n"
     "            --admin-token-file FILE (env BALANCEHUB_ADMIN_TOKEN),\n"
     "            or --data DIR [--store URL] to work offline on a stopped server's data.\n";
 

@@ -46,5 +46,7 @@ int bh_cli_admin(int argc, char **argv);
 /* balancehub balances / watch (balances.c): the client library on the command line. */
 int bh_cli_balances(int argc, char **argv);
 int bh_cli_watch(int argc, char **argv);
+/* balancehub bench (bench.c): the load generator. */
+int bh_cli_bench(int argc, char **argv);
 
 #endif

@@ -8,6 +8,7 @@
 
 #include "../base/error.h"
 #include "cli.h"
+#include "config.h"
 
 static const char usage[] =
     "usage: balancehub COMMAND [OPTIONS]\n"
@@ -16,7 +17,9 @@ static const char usage[] =
     "  serve    run the SignalR balance server (balancehub serve --help)\n"
     "  admin    administer users, balances and API keys (balancehub admin --help)\n"
     "  balances print the balances of an API key's user (balancehub balances --help)\n"
-    "  watch    follow live balance updates (balancehub watch --help)\n";
+    "  watch    follow live balance updates (balancehub watch --help)\n"
+    "  bench    load-test a server: throughput, latency (balancehub bench --help)\n"
+    "  config   check a config file for serve (balancehub config check FILE)\n";
 
 void bh_cli_error(const char *fmt, ...) {
     va_list ap;
@@ -123,6 +126,10 @@ int main(int argc, char **argv) {
         return bh_cli_balances(argc - 1, argv + 1);
     if (strcmp(cmd, "watch") == 0)
         return bh_cli_watch(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench") == 0)
+        return bh_cli_bench(argc - 1, argv + 1);
+    if (strcmp(cmd, "config") == 0)
+        return bh_cli_config(argc - 1, argv + 1);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         fputs(usage, stdout);
         return BH_EXIT_OK;

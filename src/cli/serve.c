@@ -1,8 +1,9 @@
-/* balancehub serve: opens the store and ledger, creates the demo account on request, and runs
- * the HTTP/WebSocket/SignalR server until SIGINT or SIGTERM. */
+/* balancehub serve: resolves the options (config.c), opens the store and ledger, creates the
+ * demo account on request, and runs two listeners on one loop until SIGINT or SIGTERM: the
+ * main one (hub, tester page, /healthz, /readyz) and the operations one (/admin/, /metrics,
+ * /healthz, /readyz). SIGHUP re-reads the log settings and reloads the TLS certificate. */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <openssl/crypto.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,78 +20,62 @@
 #include "../hub/hub.h"
 #include "../signalr/signalr.h"
 #include "cli.h"
+#include "config.h"
+#include "ops.h"
 
 #define DEMO_USER "user-123"
 #define SHUTDOWN_GRACE_MS 500
 
 typedef struct {
     uv_loop_t loop;
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     uv_timer_t grace;
+    bh_config_t *cfg;
     bh_cli_state_t st;
-    bh_httpd_t *httpd;
+    bh_httpd_t *httpd; /* the main listener */
+    bh_httpd_t *opsd;  /* the operations listener; NULL when off */
     bh_sr_server_t *sr;
     bh_hub_t *hub;
     bh_admin_t *admin;
+    int tls;
     int stopping;
 } server_t;
 
-static const char serve_usage[] =
-    "usage: balancehub serve [OPTIONS]\n"
-    "\n"
-    "  --listen HOST:PORT       address to listen on (default 127.0.0.1:5000,\n"
-    "                           env BALANCEHUB_LISTEN; port 0 picks a free one)\n"
-    "  --tls-cert FILE          serve https/wss with this PEM certificate (leaf first,\n"
-    "                           then its chain); needs --tls-key (env BALANCEHUB_TLS_CERT)\n"
-    "  --tls-key FILE           PEM private key of --tls-cert (env BALANCEHUB_TLS_KEY)\n"
-    "  --data DIR               data directory (default ./data)\n"
-    "  --store URL              store: sqlite:PATH (default sqlite:DIR/balancehub.db)\n"
-    "  --demo                   create the demo user user-123 and its API key if absent;\n"
-    "                           the key is written to DIR/demo-api-key and printed\n"
-    "  --admin-token-file F     enable the admin API under /admin/ with the token in F\n"
-    "                           (or env BALANCEHUB_ADMIN_TOKEN); disabled without one\n"
-    "  --hub-path PATH          hub path (default /ExecutionLiveServer/v1)\n"
-    "  --keepalive-ms N         server ping interval (default 15000)\n"
-    "  --client-timeout-ms N    close connections silent this long (default 30000)\n"
-    "  --handshake-timeout-ms N SignalR handshake deadline (default 15000)\n"
-    "  --max-message BYTES      largest inbound hub message (default 32768)\n"
-    "  --max-body BYTES         largest HTTP request body or WebSocket message, each of\n"
-    "                           which may batch many hub messages (default 1048576)\n"
-    "  --cors-origins LIST      browser origins allowed from other sites, comma-separated,\n"
-    "                           or * for any (default: same origin only)\n"
-    "  --lp-poll-timeout-ms N   Long Polling: answer a poll without data after this\n"
-    "                           (default 90000)\n"
-    "  --reconnect-window-ms N  stateful reconnect: keep a dropped WebSocket's session this\n"
-    "                           long (default 30000; 0 turns stateful reconnect off)\n"
-    "  --replay-buffer BYTES    stateful reconnect: unacknowledged bytes kept per connection\n"
-    "                           (default 1048576)\n"
-    "  --max-connections N      connections (negotiated, open or resumable) at most in all;\n"
-    "                           beyond, negotiate and WebSocket requests get 503\n"
-    "                           (default 100000)\n"
-    "  --max-connections-per-key N  connections at most per API key; beyond, 429\n"
-    "                           (default 32)\n"
-    "  --rate-limit N           hub invocations per second per API key, shared by its\n"
-    "                           connections; beyond, an account.balances.error event\n"
-    "                           \"rate limit exceeded\" (default 50)\n"
-    "  --rate-burst N           invocations an idle API key may send at once (default 100)\n"
-    "  -h, --help               this help\n";
+static int path_is(const bh_http_request_t *req, const char *p) {
+    size_t n = strlen(p);
+    return req->path_len == n && memcmp(req->path, p, n) == 0;
+}
 
+static int path_under(const bh_http_request_t *req, const char *p) {
+    size_t n = strlen(p);
+    return req->path_len >= n && memcmp(req->path, p, n) == 0;
+}
+
+/* The main listener: what clients and browsers reach. The admin API and the metrics live on
+ * the operations listener only, so they are not exposed wherever the hub is. */
 static void on_http(void *ud, bh_http_conn_t *hc, const bh_http_request_t *req, const char *body,
                     size_t len) {
     server_t *srv = ud;
-    if (req->path_len == 8 && memcmp(req->path, "/healthz", 8) == 0) {
-        if (req->method == BH_HTTP_GET || req->method == BH_HTTP_HEAD)
-            bh_http_respond(hc, 200, "text/plain", NULL, "ok", 2);
-        else
-            bh_http_respond(hc, 405, "text/plain", "Allow: GET, HEAD\r\n", "Method Not Allowed",
-                            18);
+    if (bh_cli_ops_handle(srv->st.ledger, 0, hc, req))
+        return;
+    if (path_is(req, "/admin") || path_under(req, "/admin/") || path_is(req, "/metrics")) {
+        bh_http_respond_error(hc, 404, "not found");
         return;
     }
     if (bh_sr_handle_http(srv->sr, hc, req, body, len))
         return;
+    if (bh_static_handle(hc, req))
+        return;
+    bh_http_respond_error(hc, 404, "not found");
+}
+
+/* The operations listener. */
+static void on_ops_http(void *ud, bh_http_conn_t *hc, const bh_http_request_t *req,
+                        const char *body, size_t len) {
+    server_t *srv = ud;
     if (bh_admin_handle_http(srv->admin, hc, req, body, len))
         return;
-    if (bh_static_handle(hc, req))
+    if (bh_cli_ops_handle(srv->st.ledger, 1, hc, req))
         return;
     bh_http_respond_error(hc, 404, "not found");
 }
@@ -102,6 +87,8 @@ static void on_grace(uv_timer_t *t) {
     srv->st.ledger = NULL;
     bh_sr_server_shutdown(srv->sr); /* what did not drain in time */
     bh_httpd_close_all(srv->httpd);
+    if (srv->opsd)
+        bh_httpd_close_all(srv->opsd);
     uv_close((uv_handle_t *)&srv->grace, NULL);
 }
 
@@ -110,22 +97,49 @@ static void on_signal(uv_signal_t *sig, int signum) {
     if (srv->stopping)
         return;
     srv->stopping = 1;
-    bh_log(BH_LOG_INFO, "shutting down (signal %d)", signum);
+    bh_log(BH_LOG_INFO, "shutting down", BH_LI("signal", signum));
     bh_httpd_stop_accepting(srv->httpd);
+    if (srv->opsd)
+        bh_httpd_stop_accepting(srv->opsd);
     bh_sr_server_close_all(srv->sr, NULL, 1);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
+    uv_close((uv_handle_t *)&srv->sighup, NULL);
     uv_timer_start(&srv->grace, on_grace, SHUTDOWN_GRACE_MS, 0);
 }
 
-static int parse_u64(const char *s, uint64_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-')
-        return BH_EINVAL;
-    *out = v;
-    return BH_OK;
+static void apply_log_settings(const bh_config_t *c) {
+    bh_log_set_level((int)bh_config_uint(c, BH_CFG_LOG_LEVEL));
+    bh_log_set_format((int)bh_config_uint(c, BH_CFG_LOG_FORMAT));
+}
+
+/* SIGHUP: the log settings from the config file again (flags and environment still win; a
+ * broken file changes nothing), and the TLS certificate and key for new connections. */
+static void on_hup(uv_signal_t *sig, int signum) {
+    server_t *srv = sig->data;
+    char err[512] = "", level[16] = "", format[16] = "";
+    bh_config_t next;
+    if (srv->stopping)
+        return;
+    int r = bh_config_reload(srv->cfg, &next, err, sizeof err);
+    if (r == BH_OK) {
+        apply_log_settings(&next);
+        snprintf(level, sizeof level, "%s", bh_config_str(&next, BH_CFG_LOG_LEVEL));
+        snprintf(format, sizeof format, "%s", bh_config_str(&next, BH_CFG_LOG_FORMAT));
+        bh_config_free(&next);
+    }
+    if (srv->tls && srv->httpd) { /* a SIGHUP during the demo set-up comes before the listener */
+        char terr[512] = "";
+        if (bh_httpd_reload_tls(srv->httpd, terr, sizeof terr) < 0)
+            bh_log(BH_LOG_ERROR, "TLS reload failed: keeping the current certificate",
+                   BH_LS("error", terr));
+    }
+    if (r == BH_OK)
+        bh_log(BH_LOG_INFO, "configuration reloaded", BH_LS("log_level", level),
+               BH_LS("log_format", format));
+    else
+        bh_log(BH_LOG_ERROR, "configuration reload failed: keeping the current settings",
+               BH_LS("error", err));
 }
 
 /* Completion counter for the demo set-up, which runs before the server listens. */
@@ -238,174 +252,69 @@ static int read_token(const char *file, char *out, size_t cap) {
     return BH_OK;
 }
 
-enum { OPT_TLS_CERT = 0x100, OPT_TLS_KEY };
-enum { OPT_CORS = 0x200, OPT_LP_POLL, OPT_RECONNECT, OPT_REPLAY, OPT_MAX_BODY };
-enum { OPT_MAX_CONNS = 0x300, OPT_MAX_CONNS_KEY, OPT_RATE, OPT_BURST };
-
-/* An environment variable as an option default; empty counts as unset. */
-static const char *env_opt(const char *name) {
-    const char *v = getenv(name);
-    return v && *v ? v : NULL;
+/* "HOST:PORT" -> HOST, for the URLs printed at start-up. */
+static void listen_host(const char *listen, char *host, size_t cap) {
+    snprintf(host, cap, "%s", listen);
+    char *colon = strrchr(host, ':');
+    if (colon)
+        *colon = 0;
 }
 
 int bh_cli_serve(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"listen", required_argument, 0, 'l'},
-        {"tls-cert", required_argument, 0, OPT_TLS_CERT},
-        {"tls-key", required_argument, 0, OPT_TLS_KEY},
-        {"data", required_argument, 0, 'd'},
-        {"store", required_argument, 0, 's'},
-        {"demo", no_argument, 0, 'D'},
-        {"hub-path", required_argument, 0, 'p'},
-        {"keepalive-ms", required_argument, 0, 'k'},
-        {"client-timeout-ms", required_argument, 0, 't'},
-        {"handshake-timeout-ms", required_argument, 0, 'H'},
-        {"max-message", required_argument, 0, 'm'},
-        {"admin-token-file", required_argument, 0, 'A'},
-        {"cors-origins", required_argument, 0, OPT_CORS},
-        {"lp-poll-timeout-ms", required_argument, 0, OPT_LP_POLL},
-        {"reconnect-window-ms", required_argument, 0, OPT_RECONNECT},
-        {"replay-buffer", required_argument, 0, OPT_REPLAY},
-        {"max-body", required_argument, 0, OPT_MAX_BODY},
-        {"max-connections", required_argument, 0, OPT_MAX_CONNS},
-        {"max-connections-per-key", required_argument, 0, OPT_MAX_CONNS_KEY},
-        {"rate-limit", required_argument, 0, OPT_RATE},
-        {"rate-burst", required_argument, 0, OPT_BURST},
-        {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+    bh_config_t cfg;
+    int r = bh_config_load(&cfg, argc, argv);
+    if (r != 0) {
+        bh_config_free(&cfg);
+        return r > 0 ? BH_EXIT_OK : BH_EXIT_USAGE;
+    }
+    apply_log_settings(&cfg);
+    bh_cli_store_opts_t so = {
+        .data_dir = bh_config_str(&cfg, BH_CFG_DATA),
+        .store_url = bh_config_str(&cfg, BH_CFG_STORE),
     };
-    const char *listen = getenv("BALANCEHUB_LISTEN");
-    bh_cli_store_opts_t so = {.data_dir = "./data"};
+    uint64_t reconnect = bh_config_uint(&cfg, BH_CFG_RECONNECT_WINDOW_MS);
     bh_sr_config_t sc = {
-        .hub_path = "/ExecutionLiveServer/v1",
-        .keepalive_ms = 15000,
-        .client_timeout_ms = 30000,
-        .handshake_timeout_ms = 15000,
-        .max_message = 32768,
+        .hub_path = bh_config_str(&cfg, BH_CFG_HUB_PATH),
+        .keepalive_ms = bh_config_uint(&cfg, BH_CFG_KEEPALIVE_MS),
+        .client_timeout_ms = bh_config_uint(&cfg, BH_CFG_CLIENT_TIMEOUT_MS),
+        .handshake_timeout_ms = bh_config_uint(&cfg, BH_CFG_HANDSHAKE_TIMEOUT_MS),
+        .max_message = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_MESSAGE),
+        .lp_poll_timeout_ms = bh_config_uint(&cfg, BH_CFG_LP_POLL_TIMEOUT_MS),
+        .reconnect_window_ms = reconnect,
+        .no_stateful_reconnect = reconnect == 0,
+        .replay_max_bytes = (size_t)bh_config_uint(&cfg, BH_CFG_REPLAY_BUFFER),
+        .max_batch = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_BODY),
+        .cors_origins = bh_config_str(&cfg, BH_CFG_CORS_ORIGINS),
+        .max_conns_per_key = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_CONNECTIONS_PER_KEY),
+        .max_conns = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_CONNECTIONS),
+        .auth_fail_rate = bh_config_num(&cfg, BH_CFG_AUTH_FAIL_RATE),
+        .auth_fail_burst = (size_t)bh_config_uint(&cfg, BH_CFG_AUTH_FAIL_BURST),
     };
-    const char *token_file = NULL;
-    const char *tls_cert = env_opt("BALANCEHUB_TLS_CERT"), *tls_key = env_opt("BALANCEHUB_TLS_KEY");
-    int demo = 0, c;
-    uint64_t v, rate = 50, burst = 100;
-    if (!listen || !*listen)
-        listen = "127.0.0.1:5000";
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'l':
-            listen = optarg;
-            break;
-        case OPT_TLS_CERT:
-            tls_cert = optarg;
-            break;
-        case OPT_TLS_KEY:
-            tls_key = optarg;
-            break;
-        case 'd':
-            so.data_dir = optarg;
-            break;
-        case 's':
-            so.store_url = optarg;
-            break;
-        case 'D':
-            demo = 1;
-            break;
-        case 'A':
-            token_file = optarg;
-            break;
-        case 'p':
-            sc.hub_path = optarg;
-            break;
-        case 'h':
-            fputs(serve_usage, stdout);
-            return BH_EXIT_OK;
-        case 'k':
-        case 't':
-        case 'H':
-        case 'm':
-            if (parse_u64(optarg, &v) < 0 || v == 0) {
-                bh_cli_error("%s needs a positive whole number, got '%s'", argv[optind - 2],
-                             optarg);
-                return BH_EXIT_USAGE;
-            }
-            if (c == 'k')
-                sc.keepalive_ms = v;
-            else if (c == 't')
-                sc.client_timeout_ms = v;
-            else if (c == 'H')
-                sc.handshake_timeout_ms = v;
-            else
-                sc.max_message = (size_t)v;
-            break;
-        case OPT_CORS:
-            sc.cors_origins = optarg;
-            break;
-        case OPT_LP_POLL:
-        case OPT_RECONNECT:
-        case OPT_REPLAY:
-        case OPT_MAX_BODY:
-            if (parse_u64(optarg, &v) < 0 || (v == 0 && c != OPT_RECONNECT)) {
-                bh_cli_error("%s needs a %s whole number, got '%s'", argv[optind - 2],
-                             c == OPT_RECONNECT ? "non-negative" : "positive", optarg);
-                return BH_EXIT_USAGE;
-            }
-            if (c == OPT_LP_POLL)
-                sc.lp_poll_timeout_ms = v;
-            else if (c == OPT_REPLAY)
-                sc.replay_max_bytes = (size_t)v;
-            else if (c == OPT_MAX_BODY)
-                sc.max_batch = v > (1u << 30) ? (size_t)1 << 30 : (size_t)v;
-            else if (v == 0)
-                sc.no_stateful_reconnect = 1;
-            else
-                sc.reconnect_window_ms = v;
-            break;
-        case OPT_MAX_CONNS:
-        case OPT_MAX_CONNS_KEY:
-        case OPT_RATE:
-        case OPT_BURST:
-            if (parse_u64(optarg, &v) < 0 || v == 0 || v > 1000000000) {
-                bh_cli_error("%s needs a whole number from 1 to 1000000000, got '%s'",
-                             argv[optind - 2], optarg);
-                return BH_EXIT_USAGE;
-            }
-            if (c == OPT_MAX_CONNS)
-                sc.max_conns = (size_t)v;
-            else if (c == OPT_MAX_CONNS_KEY)
-                sc.max_conns_per_key = (size_t)v;
-            else if (c == OPT_RATE)
-                rate = v;
-            else
-                burst = v;
-            break;
-        default:
-            bh_cli_error("unknown or incomplete option '%s': run 'balancehub serve --help'",
-                         argv[optind - 1]);
-            return BH_EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        bh_cli_error("unexpected argument '%s': run 'balancehub serve --help'", argv[optind]);
-        return BH_EXIT_USAGE;
-    }
-    if (!tls_cert != !tls_key) {
-        bh_cli_error("--tls-cert and --tls-key go together: give both or neither");
-        return BH_EXIT_USAGE;
-    }
-    if (sc.hub_path[0] != '/') {
-        bh_cli_error("--hub-path must start with '/'");
-        return BH_EXIT_USAGE;
-    }
+    const char *listen = bh_config_str(&cfg, BH_CFG_LISTEN);
+    const char *admin_listen = bh_config_str(&cfg, BH_CFG_ADMIN_LISTEN);
+    const char *tls_cert = bh_config_str(&cfg, BH_CFG_TLS_CERT);
+    int demo = bh_config_bool(&cfg, BH_CFG_DEMO);
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
 
     server_t srv;
     memset(&srv, 0, sizeof srv);
-    int rc = BH_EXIT_RUNTIME, r, port = 0;
+    srv.cfg = &cfg;
+    srv.tls = tls_cert != NULL;
+    int rc = BH_EXIT_RUNTIME, port = 0, ops_port = 0;
     char key[BH_API_KEY_LEN + 1] = "", err[256] = "", token[256] = "";
-    if (read_token(token_file, token, sizeof token) < 0)
+    if (read_token(bh_config_str(&cfg, BH_CFG_ADMIN_TOKEN_FILE), token, sizeof token) < 0) {
+        bh_config_free(&cfg);
         return BH_EXIT_USAGE;
+    }
     uv_loop_init(&srv.loop);
+    /* SIGHUP's default action ends the process: take it over before anything else. */
+    uv_signal_init(&srv.loop, &srv.sighup);
+    uv_signal_init(&srv.loop, &srv.sigint);
+    uv_signal_init(&srv.loop, &srv.sigterm);
+    uv_timer_init(&srv.loop, &srv.grace);
+    srv.sigint.data = srv.sigterm.data = srv.sighup.data = srv.grace.data = &srv;
+    uv_signal_start(&srv.sighup, on_hup, SIGHUP);
     if (bh_cli_open(&so, &srv.loop, &srv.st) < 0)
         goto done;
     if (demo) {
@@ -424,7 +333,8 @@ int bh_cli_serve(int argc, char **argv) {
         bh_cli_error("cannot start the SignalR server: out of memory");
         goto done;
     }
-    bh_hub_set_rate_limit(srv.hub, (double)rate, (double)burst);
+    bh_hub_set_rate_limit(srv.hub, (double)bh_config_uint(&cfg, BH_CFG_RATE_LIMIT),
+                          (double)bh_config_uint(&cfg, BH_CFG_RATE_BURST));
     bh_ledger_set_listener(srv.st.ledger, bh_hub_on_change, srv.hub);
     bh_admin_config_t ac = {
         .ledger = srv.st.ledger,
@@ -440,32 +350,39 @@ int bh_cli_serve(int argc, char **argv) {
     }
     OPENSSL_cleanse(token, sizeof token);
     bh_httpd_config_t hc = {
-        .max_head = 16384,
-        .max_body = sc.max_batch ? sc.max_batch : 1 << 20,
-        .request_timeout_ms = 10000,
-        .idle_timeout_ms = 60000,
-        .max_output = 1 << 20,
-        .tls = {.cert_file = tls_cert, .key_file = tls_key},
+        .max_head = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_HEAD),
+        .max_body = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_BODY),
+        .request_timeout_ms = bh_config_uint(&cfg, BH_CFG_REQUEST_TIMEOUT_MS),
+        .idle_timeout_ms = bh_config_uint(&cfg, BH_CFG_IDLE_TIMEOUT_MS),
+        .max_output = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_OUTPUT),
+        .tls = {.cert_file = tls_cert, .key_file = bh_config_str(&cfg, BH_CFG_TLS_KEY)},
     };
     r = bh_httpd_new(&srv.loop, &hc, listen, on_http, &srv, &srv.httpd, &port, err, sizeof err);
     if (r < 0) {
         bh_cli_error("%s", err);
         goto done;
     }
-    uv_signal_init(&srv.loop, &srv.sigint);
-    uv_signal_init(&srv.loop, &srv.sigterm);
-    uv_timer_init(&srv.loop, &srv.grace);
-    srv.sigint.data = srv.sigterm.data = srv.grace.data = &srv;
+    if (strcmp(admin_listen, "off") != 0) {
+        hc.tls = (bh_net_tls_config_t){0}; /* the operations listener is plain HTTP */
+        r = bh_httpd_new(&srv.loop, &hc, admin_listen, on_ops_http, &srv, &srv.opsd, &ops_port, err,
+                         sizeof err);
+        if (r < 0) {
+            bh_cli_error("operations listener (--admin-listen): %s", err);
+            goto done;
+        }
+    }
     uv_signal_start(&srv.sigint, on_signal, SIGINT);
     uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
 
     char host[256];
-    snprintf(host, sizeof host, "%s", listen);
-    char *colon = strrchr(host, ':');
-    if (colon)
-        *colon = 0;
+    listen_host(listen, host, sizeof host);
     const char *scheme = tls_cert ? "https" : "http";
     printf("balancehub: listening on %s://%s:%d\n", scheme, host, port);
+    if (srv.opsd) {
+        char ops_host[256];
+        listen_host(admin_listen, ops_host, sizeof ops_host);
+        printf("admin: http://%s:%d\n", ops_host, ops_port);
+    }
     printf("hub: %s://%s:%d%s\n", scheme, host, port, sc.hub_path);
     printf("API tester: %s://%s:%d/\n", scheme, host, port);
     if (demo)
@@ -482,15 +399,25 @@ done:
     }
     if (srv.sr)
         bh_sr_server_shutdown(srv.sr);
-    if (srv.httpd && !srv.stopping)
-        bh_httpd_close_all(srv.httpd);
+    if (!srv.stopping) {
+        if (srv.httpd)
+            bh_httpd_close_all(srv.httpd);
+        if (srv.opsd)
+            bh_httpd_close_all(srv.opsd);
+        uv_close((uv_handle_t *)&srv.sigint, NULL);
+        uv_close((uv_handle_t *)&srv.sigterm, NULL);
+        uv_close((uv_handle_t *)&srv.sighup, NULL);
+        uv_close((uv_handle_t *)&srv.grace, NULL);
+    }
     uv_run(&srv.loop, UV_RUN_DEFAULT);
     bh_httpd_free(srv.httpd);
+    bh_httpd_free(srv.opsd);
     bh_cli_close(&srv.st);
     bh_admin_free(srv.admin);
     bh_sr_server_free(srv.sr);
     bh_hub_free(srv.hub);
     if (uv_loop_close(&srv.loop) != 0)
-        bh_log(BH_LOG_WARN, "event loop closed with open handles");
+        bh_log_msg(BH_LOG_WARN, "event loop closed with open handles");
+    bh_config_free(&cfg);
     return rc;
 }

@@ -10,6 +10,7 @@
 #include "../base/error.h"
 #include "../base/json.h"
 #include "../base/log.h"
+#include "../base/metrics.h"
 
 struct bh_httpd {
     bh_net_t *net;
@@ -39,6 +40,7 @@ struct bh_http_conn {
 
 static void on_request_timeout(void *arg) {
     bh_http_conn_t *hc = arg;
+    bh_metric_add(BH_M_LIMIT_TIMEOUT, 1);
     bh_http_respond_error(hc, 408, "request not completed in time");
 }
 
@@ -100,10 +102,14 @@ static void process(bh_http_conn_t *hc) {
         if (r == BH_EAGAIN)
             return;
         if (r < 0) {
+            bh_metric_add(BH_M_HTTP_REQUESTS, 1);
+            bh_metric_add(BH_M_LIMIT_REQUEST_SIZE, status == 431);
             bh_http_respond_error(hc, status, bh_http_reason(status));
             return;
         }
         if (req.content_length > s->cfg.max_body) {
+            bh_metric_add(BH_M_HTTP_REQUESTS, 1);
+            bh_metric_add(BH_M_LIMIT_REQUEST_SIZE, 1);
             bh_http_respond_error(hc, 413, "request body too large");
             return;
         }
@@ -114,6 +120,7 @@ static void process(bh_http_conn_t *hc) {
         hc->head = req.method == BH_HTTP_HEAD;
         hc->responded = 0;
         hc->in_dispatch = 1;
+        bh_metric_add(BH_M_HTTP_REQUESTS, 1);
         s->handler(s->ud, hc, &req, hc->in.data + req.head_len, (size_t)req.content_length);
         hc->in_dispatch = 0;
         if (hc->up) {
@@ -153,6 +160,8 @@ static void conn_data(bh_conn_t *c, const char *data, size_t len) {
         return;
     int was_empty = hc->in.len == 0;
     if (bh_buf_append(&hc->in, data, len) < 0) {
+        bh_metric_add(BH_M_HTTP_REQUESTS, 1);
+        bh_metric_add(BH_M_LIMIT_REQUEST_SIZE, 1);
         bh_http_respond_error(hc, 431, "request too large");
         return;
     }
@@ -185,6 +194,10 @@ int bh_httpd_new(uv_loop_t *loop, const bh_httpd_config_t *cfg, const char *list
 
 void bh_httpd_stop_accepting(bh_httpd_t *s) {
     bh_net_stop_accepting(s->net);
+}
+
+int bh_httpd_reload_tls(bh_httpd_t *s, char *errmsg, size_t errcap) {
+    return bh_net_reload_tls(s->net, errmsg, errcap);
 }
 
 void bh_httpd_close_all(bh_httpd_t *s) {

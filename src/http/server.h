@@ -39,6 +39,10 @@ int bh_httpd_new(uv_loop_t *loop, const bh_httpd_config_t *cfg, const char *list
                  bh_httpd_handler_t handler, void *ud, bh_httpd_t **out, int *port, char *errmsg,
                  size_t errcap);
 void bh_httpd_stop_accepting(bh_httpd_t *s);
+/* Reload the listener's TLS certificate and key (bh_net_reload_tls): new connections use them,
+ * existing ones keep theirs. On failure (errmsg: one line) the current ones stay in use;
+ * BH_EINVAL without TLS. */
+int bh_httpd_reload_tls(bh_httpd_t *s, char *errmsg, size_t errcap);
 /* Close every connection now. */
 void bh_httpd_close_all(bh_httpd_t *s);
 /* Free after the loop has finished (every handle closed). */

@@ -9,6 +9,7 @@
 
 #include "../base/error.h"
 #include "../base/log.h"
+#include "../base/metrics.h"
 
 #define BH_HUB_EVENT "executionEvents"
 #define BH_HUB_MIN_BUCKETS 64
@@ -283,6 +284,9 @@ static int send_message_event(bh_hub_t *h, bh_sr_conn_t *c, const char *subject,
         r = bh_hub_write_envelope(&h->env, subject, "error", client_id, data.data, data.len);
     if (r == 0)
         r = bh_sr_send_event(c, BH_HUB_EVENT, h->env.data, h->env.len);
+    if (r == 0)
+        bh_metric_add(
+            strcmp(subject, "preChecksError") == 0 ? BH_M_EVENT_PRECHECKS : BH_M_EVENT_ERROR, 1);
     bh_buf_free(&data);
     return r;
 }
@@ -321,6 +325,9 @@ static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const 
         /* Over the key's rate: an error event, the invocation still completes normally. */
         const char *echo =
             id && id->type == BH_JSON_STRING && !memchr(id->str, 0, id->len) ? id->str : NULL;
+        bh_metric_add(BH_M_LIMIT_RATE, 1);
+        bh_log(BH_LOG_DEBUG, "command rate exceeded", BH_LS("connection_id", bh_sr_conn_id(c)),
+               BH_LS("key_id", bh_sr_conn_key_id(c)));
         send_message_event(h, c, "account.balances.error", echo, "rate limit exceeded");
         return BH_OK;
     }
@@ -344,6 +351,8 @@ static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const 
     bh_snapshot_release(snap);
     if (r == 0)
         r = bh_sr_send_event(c, BH_HUB_EVENT, h->env.data, h->env.len);
+    if (r == 0)
+        bh_metric_add(BH_M_EVENT_SNAPSHOT, 1);
     hub_conn_t *hcn = bh_sr_conn_data(c);
     if (r == 0 && hcn && id->len < sizeof hcn->client_id) {
         /* From here on, every committed change reaches this connection under this clientId;
@@ -358,7 +367,7 @@ static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const 
 }
 
 static const bh_sr_method_t methods[] = {
-    {"GetBalances", get_balances},
+    {"GetBalances", get_balances, BH_M_INVOKE_GETBALANCES_OK, BH_M_INVOKE_GETBALANCES_ERROR},
 };
 
 static int hub_authenticate(void *ud, const char *key, size_t len, char user_id[BH_SR_ID_MAX + 1],
@@ -385,7 +394,8 @@ static void hub_connected(void *ud, bh_sr_conn_t *c) {
     if (!u) {
         /* A connection the hub cannot index could never be closed on delete or revoke. */
         free(hc);
-        bh_log(BH_LOG_WARN, "hub: out of memory for a new connection");
+        bh_log(BH_LOG_WARN, "out of memory for a new connection",
+               BH_LS("connection_id", bh_sr_conn_id(c)));
         bh_sr_close(c, "Server out of memory.", 1);
         return;
     }
@@ -436,7 +446,7 @@ static void fan_out(bh_hub_t *h, hub_user_t *u, const bh_snapshot_t *snap) {
                                       snap->json, snap->json_len);
         if (r < 0) {
             /* The client sees the sequence gap on the next update and asks again. */
-            bh_log(BH_LOG_WARN, "hub: cannot build a balances update: %s", bh_strerror(r));
+            bh_log(BH_LOG_WARN, "cannot build a balances update", BH_LS("error", bh_strerror(r)));
             continue;
         }
         /* Sending never unlinks a connection: even a close forced by a send (slow consumer
@@ -444,7 +454,8 @@ static void fan_out(bh_hub_t *h, hub_user_t *u, const bh_snapshot_t *snap) {
         for (hub_conn_t *o = hc; o; o = o->next) {
             if (o->subscribed && o->round != round && same_client_id(o, hc)) {
                 o->round = round;
-                bh_sr_send_event(o->c, BH_HUB_EVENT, h->env.data, h->env.len);
+                if (bh_sr_send_event(o->c, BH_HUB_EVENT, h->env.data, h->env.len) == 0)
+                    bh_metric_add(BH_M_EVENT_UPDATE, 1);
             }
         }
     }

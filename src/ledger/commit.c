@@ -5,10 +5,15 @@
  * any queued changes of the same users, whose working state is then reloaded from the store. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../base/error.h"
 #include "../base/log.h"
+#include "../base/metrics.h"
 #include "internal.h"
+
+/* While no batch comes, the commit thread checks this often that it could still write. */
+#define PROBE_INTERVAL_MS 500
 
 void bh_queue_push(bh_queue_t *q, bh_change_t *c) {
     c->next = NULL;
@@ -25,15 +30,58 @@ static bh_queue_t queue_take(bh_queue_t *q) {
     return out;
 }
 
+static uint64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The CLOCK_MONOTONIC time (qcond's clock) of the next idle probe. */
+static struct timespec next_probe_time(void) {
+    uint64_t t = mono_ns() + (uint64_t)PROBE_INTERVAL_MS * 1000000u;
+    return (struct timespec){.tv_sec = (time_t)(t / 1000000000u),
+                             .tv_nsec = (long)(t % 1000000000u)};
+}
+
+/* Record whether the store is reachable; log only the changes (probes run twice a second). */
+static void set_ready(bh_ledger_t *l, int st) {
+    int ok = st == BH_OK;
+    int was = atomic_exchange_explicit(&l->store_ok, ok, memory_order_relaxed);
+    if (was && !ok)
+        bh_log(BH_LOG_ERROR, "ledger: store unavailable", BH_LS("error", bh_strerror(st)));
+    else if (!was && ok)
+        bh_log_msg(BH_LOG_INFO, "ledger: store available again");
+}
+
+int bh_ledger_ready(const bh_ledger_t *l) {
+    return l && atomic_load_explicit((atomic_int *)&l->store_ok, memory_order_relaxed);
+}
+
 static void *commit_thread(void *arg) {
     bh_ledger_t *l = arg;
     bh_store_change_t *arr = NULL;
     size_t cap = 0;
+    struct timespec next_probe = next_probe_time();
+    int probe_now = 0;
 
     pthread_mutex_lock(&l->qmu);
     for (;;) {
-        while (!l->work.head && !l->stopping)
-            pthread_cond_wait(&l->qcond, &l->qmu);
+        /* Idle: probe the store when due (at once after a failed commit), never while a batch
+         * waits; a commit tells as much as a probe. bh_commit_stop wakes this wait. */
+        while (!l->work.head && !l->stopping) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (probe_now || now.tv_sec > next_probe.tv_sec ||
+                (now.tv_sec == next_probe.tv_sec && now.tv_nsec >= next_probe.tv_nsec)) {
+                pthread_mutex_unlock(&l->qmu);
+                set_ready(l, bh_store_probe(l->writer));
+                pthread_mutex_lock(&l->qmu);
+                probe_now = 0;
+                next_probe = next_probe_time();
+            } else {
+                pthread_cond_timedwait(&l->qcond, &l->qmu, &next_probe);
+            }
+        }
         if (!l->work.head)
             break;
         bh_queue_t batch = queue_take(&l->work);
@@ -62,8 +110,18 @@ static void *commit_thread(void *arg) {
                     .nrates = c->nrates,
                 };
             }
+            uint64_t t0 = mono_ns();
             st = bh_store_commit_batch(l->writer, arr, n);
+            if (st == BH_OK) {
+                bh_metric_add(BH_M_LEDGER_COMMITS, 1);
+                bh_metric_commit_ns(mono_ns() - t0);
+            }
         }
+        /* Only BH_ESTORE says the store failed; after any failure a probe tells for sure. */
+        if (st == BH_OK || st == BH_ESTORE)
+            set_ready(l, st);
+        probe_now = st != BH_OK;
+        next_probe = next_probe_time();
         pthread_mutex_lock(&l->qmu);
         for (bh_change_t *c = batch.head; c; c = c->next)
             if (st != BH_OK)
@@ -94,6 +152,14 @@ static void handover(bh_ledger_t *l) {
     pthread_mutex_unlock(&l->qmu);
 }
 
+/* bh_ledger_ops_total: every answer counts, repeats and waiters on a pending op id too. */
+static void count_answer(int status) {
+    bh_metric_add(status == BH_OK                              ? BH_M_LEDGER_OPS_OK
+                  : status == BH_ESTORE || status == BH_ENOMEM ? BH_M_LEDGER_OPS_FAILED
+                                                               : BH_M_LEDGER_OPS_REJECTED,
+                  1);
+}
+
 static void deliver(bh_change_t *c) {
     bh_op_result_t r = {
         .status = c->status,
@@ -104,12 +170,16 @@ static void deliver(bh_change_t *c) {
         .result_len = c->status == BH_OK ? c->result_len : 0,
         .snap = c->status == BH_OK && !c->repeated ? c->snap : NULL,
     };
-    if (c->cb)
+    if (c->cb) {
+        count_answer(r.status);
         c->cb(c->ud, &r);
+    }
     r.repeated = r.status == BH_OK; /* a failed op was not applied, not even once */
     r.snap = NULL;
-    for (bh_waiter_t *w = c->waiters; w; w = w->next)
+    for (bh_waiter_t *w = c->waiters; w; w = w->next) {
+        count_answer(r.status);
         w->cb(w->ud, &r);
+    }
 }
 
 static void unmap(bh_ledger_t *l, bh_change_t *c) {
@@ -134,7 +204,7 @@ static void fail_batch(bh_ledger_t *l, bh_queue_t done) {
     bh_queue_t failed = done, keep = {0};
     int st = done.head->status;
 
-    bh_log(BH_LOG_ERROR, "ledger: commit of a batch failed: %s", bh_strerror(st));
+    bh_log(BH_LOG_ERROR, "ledger: commit of a batch failed", BH_LS("error", bh_strerror(st)));
     for (bh_change_t *c = done.head; c; c = c->next) {
         if (c->user && !has_user(users, n, c->user)) {
             if (n == cap) {

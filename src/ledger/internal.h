@@ -87,7 +87,8 @@ struct bh_ledger {
     bh_queue_t work, done; /* handed to / back from the commit thread (under qmu) */
     int busy;              /* a batch is with the commit thread (loop thread's view) */
     int stopping;
-    int work_status; /* status of the last batch, under qmu */
+    int work_status;     /* status of the last batch, under qmu */
+    atomic_int store_ok; /* bh_ledger_ready; written by the commit thread */
     pthread_t thread;
     int thread_started;
     uv_async_t async;

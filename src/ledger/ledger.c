@@ -241,7 +241,7 @@ void bh_ledger_apply_rates(bh_ledger_t *l, const bh_store_rate_t *rates, size_t 
             if ((r = calloc(1, sizeof *r)))
                 memcpy(r->key, key, sizeof key);
             if (!r || bh_map_put(&l->rates, r) < 0) {
-                bh_log(BH_LOG_ERROR, "ledger: out of memory installing a rate");
+                bh_log_msg(BH_LOG_ERROR, "ledger: out of memory installing a rate");
                 free(r);
                 continue;
             }
@@ -791,8 +791,8 @@ void bh_ledger_reload_user(bh_ledger_t *l, bh_user_t *u) {
         u->sequence = 0;
         u->exists = false;
     } else if (r != BH_OK) {
-        bh_log(BH_LOG_ERROR, "ledger: cannot reload user %s after a failed commit: %s", u->user_id,
-               bh_strerror(r));
+        bh_log(BH_LOG_ERROR, "ledger: cannot reload a user after a failed commit",
+               BH_LS("user", u->user_id), BH_LS("error", bh_strerror(r)));
     }
 }
 
@@ -827,7 +827,13 @@ int bh_ledger_open(uv_loop_t *loop, bh_store_t *writer, bh_store_t *reader, bh_l
     l->reader = reader;
     pthread_mutex_init(&l->mu, NULL);
     pthread_mutex_init(&l->qmu, NULL);
-    pthread_cond_init(&l->qcond, NULL);
+    /* Monotonic: the commit thread's timed wait for its next idle probe ignores clock steps. */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&l->qcond, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_init(&l->store_ok, 1); /* the store was just read; the commit thread keeps it current */
     bh_store_visitor_t v = {.ud = l, .user = load_user, .rate = load_rate};
     int r = bh_store_load(reader, &v);
     /* Exposures need the rates, which the store visits after the users. */

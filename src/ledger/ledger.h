@@ -91,6 +91,10 @@ int bh_ledger_open(uv_loop_t *loop, bh_store_t *writer, bh_store_t *reader, bh_l
 /* Commit what is pending, deliver the last callbacks, stop the commit thread, free. */
 void bh_ledger_close(bh_ledger_t *l);
 void bh_ledger_set_listener(bh_ledger_t *l, bh_ledger_listener_t fn, void *ud);
+/* 1 while the store is reachable, 0 otherwise: the result of the last group commit or of the
+ * commit thread's probe of the store (a write transaction begun and rolled back, about every
+ * 500 ms while no batch is waiting, and right after a failed commit). Safe from any thread. */
+int bh_ledger_ready(const bh_ledger_t *l);
 
 /* Latest durable snapshot of a user with a reference taken, or NULL when unknown. Safe from
  * any thread. */

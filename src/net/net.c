@@ -3,6 +3,7 @@
  * optional TLS between the socket and the handler (tls.c, memory BIOs). */
 #include "net.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,10 +15,14 @@
 #include "../base/buf.h"
 #include "../base/error.h"
 #include "../base/log.h"
+#include "../base/metrics.h"
 #include "tls.h"
 
 #define BH_NET_READ_BUF 65536
 #define BH_NET_LINGER_MS 2000
+
+/* Connection ids for logs, unique across every listener of the process. */
+static _Atomic uint64_t next_conn_id;
 
 struct bh_conn {
     uv_tcp_t tcp;
@@ -36,6 +41,7 @@ struct bh_conn {
     void *drain_arg;
     size_t drain_low;
     uint64_t handed; /* bytes ever handed to uv_write (bh_conn_taken) */
+    uint64_t id;     /* bh_conn_id */
     bh_conn_t *dirty_next;
     bh_conn_t *prev, *next;
     int open_handles;
@@ -130,6 +136,7 @@ static void conn_hard_close(bh_conn_t *c) {
     if (c->next)
         c->next->prev = c->prev;
     n->nconns--;
+    bh_metric_gauge(BH_M_TCP_OPEN, -1);
     /* Upper layers hear of the close from the close callback, never from inside one of their
      * own calls (a write that hits the output cap), so no caller's state vanishes under it. */
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
@@ -155,7 +162,8 @@ static void conn_begin_close(bh_conn_t *c) {
 static void tls_log_failure(bh_conn_t *c, const char *what) {
     char peer[80];
     bh_conn_peer(c, peer, sizeof peer);
-    bh_log(BH_LOG_DEBUG, "TLS %s from %s: %s", what, peer, bh_tls_error(c->tls));
+    bh_log(BH_LOG_DEBUG, what, BH_LU("conn", c->id), BH_LS("peer", peer),
+           BH_LS("error", bh_tls_error(c->tls)));
 }
 
 /* Ciphertext in: finish the handshake (then the handler hears of the connection), then hand
@@ -175,17 +183,19 @@ static void conn_tls_read(bh_conn_t *c, const char *data, size_t len) {
             c->notified = 0; /* from here on the handler owns the connection's user data */
             n->h.on_open(c, n->server_ud);
         } else if (r < 0 && r != BH_EAGAIN) {
-            tls_log_failure(c, "handshake failed");
+            bh_metric_add(BH_M_TLS_HANDSHAKE_ERR, 1);
+            tls_log_failure(c, "TLS handshake failed");
         }
     }
     /* data is in the BIO now, so the shared read buffer is free for plaintext. */
     while (r == BH_OK && !c->dead && !c->closing) {
         size_t got = 0;
         r = bh_tls_read(c->tls, n->readbuf, sizeof n->readbuf, &got);
-        if (r == BH_OK)
+        if (r == BH_OK) {
+            bh_metric_add(BH_M_BYTES_IN, got);
             n->h.on_data(c, n->readbuf, got);
-        else if (r == BH_EPROTO)
-            tls_log_failure(c, "stream broken");
+        } else if (r == BH_EPROTO)
+            tls_log_failure(c, "TLS stream broken");
     }
     if (c->dead)
         return;
@@ -205,10 +215,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
     if (nread == 0 || c->closing || c->dead)
         return; /* lingering: input is discarded */
-    if (c->tls)
+    if (c->tls) {
         conn_tls_read(c, buf->base, (size_t)nread);
-    else
+    } else {
+        bh_metric_add(BH_M_BYTES_IN, (uint64_t)nread);
         c->net->h.on_data(c, buf->base, (size_t)nread);
+    }
 }
 
 static void on_linger_timeout(uv_timer_t *t) {
@@ -288,6 +300,7 @@ static void conn_flush(bh_conn_t *c) {
     c->wreq.data = c;
     c->writing = 1;
     c->handed += c->inflight.len;
+    bh_metric_add(BH_M_BYTES_OUT, c->inflight_plain);
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
         c->writing = 0;
         conn_hard_close(c);
@@ -298,7 +311,10 @@ static void on_handshake_timeout(uv_timer_t *t) {
     bh_conn_t *c = t->data;
     char peer[80];
     bh_conn_peer(c, peer, sizeof peer);
-    bh_log(BH_LOG_DEBUG, "TLS handshake from %s not done in time", peer);
+    bh_log(BH_LOG_DEBUG, "TLS handshake not done in time", BH_LU("conn", c->id),
+           BH_LS("peer", peer));
+    bh_metric_add(BH_M_TLS_HANDSHAKE_ERR, 1);
+    bh_metric_add(BH_M_LIMIT_TIMEOUT, 1);
     conn_hard_close(c);
 }
 
@@ -310,6 +326,7 @@ static void on_connection(uv_stream_t *server, int status) {
     if (!c)
         return;
     c->net = n;
+    c->id = atomic_fetch_add(&next_conn_id, 1) + 1;
     bh_buf_init(&c->out, 0);
     bh_buf_init(&c->inflight, 0);
     uv_tcp_init(n->loop, &c->tcp);
@@ -322,11 +339,13 @@ static void on_connection(uv_stream_t *server, int status) {
         n->conns->prev = c;
     n->conns = c;
     n->nconns++;
+    bh_metric_gauge(BH_M_TCP_OPEN, 1);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
         c->notified = 1;
         conn_hard_close(c);
         return;
     }
+    bh_metric_add(BH_M_TCP_ACCEPTED, 1);
     uv_tcp_nodelay(&c->tcp, 1);
     if (n->tls_ctx) {
         /* The handler hears of the connection once the handshake is done (conn_tls_read);
@@ -452,7 +471,7 @@ int bh_net_reload_tls(bh_net_t *n, char *errmsg, size_t errcap) {
         return r;
     SSL_CTX_free(n->tls_ctx);
     n->tls_ctx = ctx;
-    bh_log(BH_LOG_INFO, "TLS certificate reloaded from %s", n->cert_file);
+    bh_log(BH_LOG_INFO, "TLS certificate reloaded", BH_LS("file", n->cert_file));
     return BH_OK;
 }
 
@@ -505,7 +524,11 @@ int bh_conn_write(bh_conn_t *c, const void *data, size_t len) {
     if (c->closing || c->dead)
         return BH_ECLOSED;
     if (c->net->max_output && c->out.len + c->inflight_plain + len > c->net->max_output) {
-        bh_log(BH_LOG_WARN, "closing slow consumer: output over %zu bytes", c->net->max_output);
+        char peer[80];
+        bh_conn_peer(c, peer, sizeof peer);
+        bh_log(BH_LOG_WARN, "closing slow consumer", BH_LU("conn", c->id), BH_LS("peer", peer),
+               BH_LU("max_output", c->net->max_output));
+        bh_metric_add(BH_M_LIMIT_OUTPUT, 1);
         conn_hard_close(c);
         return BH_ETOOBIG;
     }
@@ -589,6 +612,10 @@ void bh_conn_set_timer(bh_conn_t *c, uint64_t ms, bh_conn_timer_cb cb, void *arg
         uv_timer_start(&c->timer, on_conn_timer, ms, 0);
 }
 
+uint64_t bh_conn_id(const bh_conn_t *c) {
+    return c->id;
+}
+
 void bh_conn_peer(const bh_conn_t *c, char *out, size_t cap) {
     struct sockaddr_storage ss;
     int len = sizeof ss;
@@ -604,4 +631,10 @@ void bh_conn_peer(const bh_conn_t *c, char *out, size_t cap) {
         }
     }
     snprintf(out, cap, "%s:%d", ip, port);
+}
+
+int bh_conn_peer_addr(const bh_conn_t *c, struct sockaddr_storage *out) {
+    int len = sizeof *out;
+    memset(out, 0, sizeof *out);
+    return uv_tcp_getpeername(&c->tcp, (struct sockaddr *)out, &len) == 0 ? BH_OK : BH_EIO;
 }

@@ -88,5 +88,11 @@ void bh_conn_pause_read(bh_conn_t *c);
 void bh_conn_resume_read(bh_conn_t *c);
 /* Peer address as text ("127.0.0.1:5555"), for logs. */
 void bh_conn_peer(const bh_conn_t *c, char *out, size_t cap);
+/* The connection's id for logs (conn=<id>): assigned at accept, increasing, unique across every
+ * listener of the process, never 0. */
+uint64_t bh_conn_id(const bh_conn_t *c);
+/* Peer address as a socket address (AF_INET or AF_INET6), for per-address limits. BH_OK, or
+ * BH_EIO when the socket has none (already closed). */
+int bh_conn_peer_addr(const bh_conn_t *c, struct sockaddr_storage *out);
 
 #endif

@@ -93,9 +93,9 @@ static void warn_validity(SSL_CTX *ctx, const char *cert_file) {
     if (!cert)
         return;
     if (X509_cmp_current_time(X509_get0_notAfter(cert)) < 0)
-        bh_log(BH_LOG_WARN, "TLS certificate in '%s' has expired", cert_file);
+        bh_log(BH_LOG_WARN, "TLS certificate has expired", BH_LS("file", cert_file));
     else if (X509_cmp_current_time(X509_get0_notBefore(cert)) > 0)
-        bh_log(BH_LOG_WARN, "TLS certificate in '%s' is not valid yet", cert_file);
+        bh_log(BH_LOG_WARN, "TLS certificate is not valid yet", BH_LS("file", cert_file));
 }
 
 int bh_tls_ctx_new(const char *cert_file, const char *key_file, SSL_CTX **out, char *errmsg,

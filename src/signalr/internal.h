@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "../base/buf.h"
+#include "../base/metrics.h"
 #include "protocol.h"
 #include "signalr.h"
 
@@ -45,7 +46,10 @@ struct bh_sr_conn {
     int state;
     unsigned registered : 1, listed : 1, timer_on : 1, handshaken : 1, connected : 1, closing : 1,
         finished : 1, finish_due : 1, binary : 1, stateful_ok : 1, stateful : 1, ack_due : 1,
-        replay_off : 1, blocked : 1, resume_due : 1, input_paused : 1, stalled : 1, counted : 1;
+        replay_off : 1, blocked : 1, resume_due : 1, input_paused : 1, stalled : 1, counted : 1,
+        gauged : 1;
+    bh_metric_t gauge;      /* the connections gauge it counts in, while gauged */
+    const char *end_reason; /* why it ended, for the log (static text; NULL: the transport) */
     /* input backpressure: while blocked, the client's output backed up and unhandled input
      * waits in `in`; stall_ms/stall_taken: when the client last took some of its output, and how
      * much it had */
@@ -131,7 +135,8 @@ struct bh_sr_server {
      * chained hash table, power-of-two size, entries exist while their count is non-zero */
     struct bh_sr_keycount **kbuckets;
     size_t nkbuckets, nkeys;
-    char *cors_list; /* the allowed origins, NUL-separated, NULL for none */
+    struct bh_sr_throttle *throttle; /* failed authentications per source address */
+    char *cors_list;                 /* the allowed origins, NUL-separated, NULL for none */
     int cors_any;
     int closing_all, shut_down;
     bh_buf_t msg;  /* encoding scratch: one hub message */
@@ -167,6 +172,36 @@ void bh_sr_key_release(bh_sr_server_t *s, const char *key_id);
 /* The session named by the id parameter, for the key of the request, or NULL with the answer
  * sent (400 no id, 401 key, 404 unknown, 403 another key). */
 bh_sr_conn_t *bh_sr_lookup(const bh_sr_req_t *rq);
+
+/* ---- throttle.c: failed authentications per source address ---- */
+
+/* A source address as the throttle counts it: an IPv4 address whole (also when it reaches an
+ * IPv6 socket as ::ffff:a.b.c.d), an IPv6 address by its /64, which one client usually owns. */
+typedef struct {
+    unsigned char b[9]; /* 4 or 6, then the 4 address or 8 prefix bytes (rest zero) */
+} bh_sr_addr_t;
+
+#define BH_SR_THROTTLE_MAX 65536 /* addresses remembered at most */
+
+typedef struct bh_sr_throttle bh_sr_throttle_t;
+
+/* BH_OK, or BH_EINVAL for a family other than AF_INET / AF_INET6. */
+int bh_sr_addr_from(const struct sockaddr *sa, bh_sr_addr_t *out);
+/* "192.0.2.1" or "2001:db8:1:2::/64" (cap >= 64). */
+void bh_sr_addr_text(const bh_sr_addr_t *a, char *out, size_t cap);
+/* A table of at most max addresses (a power of two), each a bucket of burst failures refilled
+ * at rate per second. BH_ENOMEM. */
+int bh_sr_throttle_new(double rate, double burst, size_t max, uint64_t seed,
+                       bh_sr_throttle_t **out);
+void bh_sr_throttle_free(bh_sr_throttle_t *t);
+/* 0 when a may authenticate now, else the whole seconds (>= 1) until it has a token again. */
+uint64_t bh_sr_throttle_wait(bh_sr_throttle_t *t, const bh_sr_addr_t *a, uint64_t now_ms);
+/* A failed authentication from a takes one token. Returns 1 when it took the last one (a is
+ * throttled from now on), 0 otherwise. A new address, when the table is full, takes the place
+ * of the one that failed longest ago. */
+int bh_sr_throttle_fail(bh_sr_throttle_t *t, const bh_sr_addr_t *a, uint64_t now_ms);
+/* Addresses in the table (refilled ones may linger until their place is needed). */
+size_t bh_sr_throttle_size(const bh_sr_throttle_t *t);
 
 /* ---- registry.c: tokens and the registry ---- */
 

@@ -8,6 +8,7 @@
 
 #include "../base/error.h"
 #include "../base/log.h"
+#include "../base/metrics.h"
 #include "internal.h"
 
 /* Framing bytes a partial message may carry beyond max_message (VarInt prefix, 0x1E). */
@@ -86,6 +87,39 @@ static void list_pending(bh_sr_conn_t *c) {
 
 /* ---- life cycle ---- */
 
+/* The first reason a session ends for wins (static text, for the close log). */
+static void set_reason(bh_sr_conn_t *c, const char *why) {
+    if (!c->end_reason)
+        c->end_reason = why;
+}
+
+static const char *proto_name(const bh_sr_conn_t *c) {
+    return c->proto ? c->proto->name : "";
+}
+
+/* The hub connections gauge of c's transport and protocol. */
+static bh_metric_t conn_gauge(const bh_sr_conn_t *c) {
+    if (c->tp == &bh_sr_ws_transport)
+        return c->binary ? BH_M_CONN_WS_MSGPACK : BH_M_CONN_WS_JSON;
+    if (c->tp == &bh_sr_sse_transport)
+        return BH_M_CONN_SSE_JSON;
+    return c->binary ? BH_M_CONN_LP_MSGPACK : BH_M_CONN_LP_JSON;
+}
+
+static void log_end(const bh_sr_conn_t *c) {
+    const char *why = c->end_reason ? c->end_reason : "transport closed";
+    uint64_t ms = bh_sr_session_now(c) - c->opened_ms;
+    if (!c->handshaken) {
+        bh_log(BH_LOG_DEBUG, "hub connection ended before its handshake",
+               BH_LS("connection_id", c->id), BH_LS("user", c->user_id), BH_LS("key_id", c->key_id),
+               BH_LS("transport", c->tp->name), BH_LS("reason", why), BH_LU("duration_ms", ms));
+        return;
+    }
+    bh_log(BH_LOG_INFO, "hub connection closed", BH_LS("connection_id", c->id),
+           BH_LS("user", c->user_id), BH_LS("key_id", c->key_id), BH_LS("transport", c->tp->name),
+           BH_LS("protocol", proto_name(c)), BH_LS("reason", why), BH_LU("duration_ms", ms));
+}
+
 bh_sr_conn_t *bh_sr_session_new(bh_sr_server_t *s, const char *user_id, const char *key_id,
                                 const char *id, const char *token, uint64_t expires_ms) {
     bh_sr_conn_t *c = calloc(1, sizeof *c);
@@ -161,6 +195,11 @@ void bh_sr_session_finish(bh_sr_conn_t *c) {
     bh_sr_server_t *s = c->srv;
     c->finished = 1;
     c->closing = 1;
+    if (c->gauged) {
+        c->gauged = 0;
+        bh_metric_gauge(c->gauge, -1);
+    }
+    log_end(c);
     if (c->connected) {
         c->connected = 0;
         if (s->hooks.on_disconnected)
@@ -267,10 +306,8 @@ static int send_msg(bh_sr_conn_t *c, int trackable) {
         c->out_seq++;
         if (!c->replay_off && replay_push(c, m->data, m->len) < 0) {
             /* The client acknowledges too slowly: keep the connection, give up resuming it. */
-            bh_log(BH_LOG_WARN,
-                   "stateful reconnect buffer over its limit: connection %s can no "
-                   "longer resume",
-                   c->id);
+            bh_log(BH_LOG_WARN, "stateful reconnect buffer over its limit: no resume",
+                   BH_LS("connection_id", c->id), BH_LS("user", c->user_id));
             c->replay_off = 1;
             bh_buf_free(&c->replay);
             c->replay_head = c->replay_count = 0;
@@ -298,6 +335,7 @@ static void end_transport(bh_sr_conn_t *c, uint16_t code, const char *reason) {
 void bh_sr_close(bh_sr_conn_t *c, const char *error, int allow_reconnect) {
     if (c->closing || c->finished)
         return;
+    set_reason(c, "closed by the server");
     if (c->handshaken && c->state == BH_SR_OPEN) {
         bh_buf_t *m = &c->srv->msg;
         bh_buf_reset(m);
@@ -309,6 +347,7 @@ void bh_sr_close(bh_sr_conn_t *c, const char *error, int allow_reconnect) {
 
 void bh_sr_session_error(bh_sr_conn_t *c, const char *what, const char *detail) {
     char text[512];
+    set_reason(c, "protocol error");
     snprintf(text, sizeof text, "Connection closed with an error. %s%s", what,
              detail ? detail : "");
     bh_sr_close(c, text, 0);
@@ -426,11 +465,12 @@ static void on_tick(uv_timer_t *t) {
             c->stall_taken = taken;
             c->stall_ms = now;
         } else if (now >= sat_add(c->stall_ms, BH_SR_STALL_MS)) {
-            bh_log(BH_LOG_WARN,
-                   "closing slow consumer: connection %s took under %d bytes of output in %d "
-                   "ms while its input waited",
-                   c->id, BH_SR_STALL_MIN, BH_SR_STALL_MS);
+            bh_log(BH_LOG_WARN, "closing slow consumer: output stalled while input waited",
+                   BH_LS("connection_id", c->id), BH_LS("user", c->user_id),
+                   BH_LI("min_bytes", BH_SR_STALL_MIN), BH_LI("window_ms", BH_SR_STALL_MS));
             c->stalled = 1;
+            bh_metric_add(BH_M_LIMIT_OUTPUT, 1);
+            set_reason(c, "slow consumer");
             bh_sr_session_finish(c);
             return;
         }
@@ -445,10 +485,15 @@ static void on_tick(uv_timer_t *t) {
             return;
         }
     } else if (!c->closing && !c->handshaken) {
-        if (now >= sat_add(c->opened_ms, cfg->handshake_timeout_ms))
+        if (now >= sat_add(c->opened_ms, cfg->handshake_timeout_ms)) {
+            bh_metric_add(BH_M_LIMIT_TIMEOUT, 1);
+            set_reason(c, "handshake timeout");
             end_transport(c, 1008, "handshake timeout");
+        }
     } else if (!c->closing && !c->tp->inherent_keepalive) {
         if (!c->blocked && now >= sat_add(c->last_recv_ms, cfg->client_timeout_ms)) {
+            bh_metric_add(BH_M_LIMIT_TIMEOUT, 1);
+            set_reason(c, "client timeout");
             bh_sr_close(c, "Server timeout elapsed without receiving a message from the client.",
                         0);
         } else if (now >= sat_add(c->last_send_ms, cfg->keepalive_ms)) {
@@ -505,6 +550,7 @@ static void handle_handshake(bh_sr_conn_t *c, const char *rec, size_t len) {
     deliver(c, m->data, m->len);
     bh_json_free(doc);
     if (err) {
+        set_reason(c, "handshake refused");
         end_transport(c, 1000, "");
         return;
     }
@@ -512,6 +558,12 @@ static void handle_handshake(bh_sr_conn_t *c, const char *rec, size_t len) {
     /* Clients ask for stateful reconnect with hub protocol version 2. */
     c->stateful = c->stateful_ok && version >= 2;
     c->in_next = 1;
+    c->gauge = conn_gauge(c);
+    c->gauged = 1;
+    bh_metric_gauge(c->gauge, 1);
+    bh_log(BH_LOG_INFO, "hub connection opened", BH_LS("connection_id", c->id),
+           BH_LS("user", c->user_id), BH_LS("key_id", c->key_id), BH_LS("transport", c->tp->name),
+           BH_LS("protocol", p->name), BH_LI("stateful", c->stateful));
     c->connected = 1;
     if (c->srv->hooks.on_connected)
         c->srv->hooks.on_connected(c->srv->ud, c);
@@ -540,6 +592,7 @@ static void handle_invocation(bh_sr_conn_t *c, const bh_sr_msg_t *msg) {
     } else if (!error) {
         error = "An unexpected error occurred invoking the method.";
     }
+    bh_metric_add(!m ? BH_M_INVOKE_UNKNOWN : error ? m->error_metric : m->ok_metric, 1);
     if (msg->invocation_id && !c->closing)
         send_completion(c, msg->invocation_id, error);
 }
@@ -566,6 +619,7 @@ static void handle_message(bh_sr_conn_t *c, const char *data, size_t len) {
         handle_invocation(c, &msg);
         break;
     case BH_SR_CLOSE:
+        set_reason(c, "closed by the client");
         end_transport(c, 1000, "");
         break;
     case BH_SR_ACK:
@@ -590,6 +644,8 @@ done:
 
 static void too_big(bh_sr_conn_t *c) {
     char detail[96];
+    bh_metric_add(BH_M_LIMIT_REQUEST_SIZE, 1);
+    set_reason(c, "message too big");
     snprintf(detail, sizeof detail, "The maximum message size of %zuB was exceeded.",
              c->srv->cfg.max_message);
     bh_sr_session_error(c, "InvalidDataException: ", detail);

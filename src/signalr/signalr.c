@@ -12,6 +12,7 @@
 
 #include "../base/error.h"
 #include "../base/log.h"
+#include "../base/metrics.h"
 #include "internal.h"
 
 #define BH_SR_KEY_MAX 512
@@ -56,9 +57,45 @@ static int request_key(const bh_http_request_t *req, char *key, size_t cap) {
                       : BH_ENOTFOUND;
 }
 
+/* The request's source address for the throttle; BH_EIO when it has none (closing). */
+static int request_addr(const bh_sr_req_t *rq, bh_sr_addr_t *a) {
+    struct sockaddr_storage ss;
+    int r = bh_conn_peer_addr(bh_http_conn_net(rq->hc), &ss);
+    return r < 0 ? r : bh_sr_addr_from((const struct sockaddr *)&ss, a);
+}
+
+/* An address out of failures: 429 before its key is looked at, so it learns nothing. */
+static int throttled(const bh_sr_req_t *rq, const bh_sr_addr_t *a) {
+    uint64_t wait = bh_sr_throttle_wait(rq->s->throttle, a, rq->now);
+    if (wait == 0)
+        return 0;
+    static const char msg[] = "Too Many Requests: too many failed authentications";
+    char extra[64];
+    snprintf(extra, sizeof extra, "Retry-After: %llu\r\nCache-Control: no-store\r\n",
+             (unsigned long long)wait);
+    bh_sr_reply(rq, 429, "text/plain; charset=utf-8", extra, msg, sizeof msg - 1);
+    bh_metric_add(BH_M_LIMIT_AUTH_THROTTLE, 1);
+    return 1;
+}
+
+static void auth_failed(const bh_sr_req_t *rq, const bh_sr_addr_t *a, int has_addr) {
+    bh_metric_add(BH_M_AUTH_FAILURES, 1);
+    char peer[64] = "?";
+    if (has_addr)
+        bh_sr_addr_text(a, peer, sizeof peer);
+    bh_log(BH_LOG_DEBUG, "authentication failed", BH_LS("peer", peer));
+    if (has_addr && bh_sr_throttle_fail(rq->s->throttle, a, rq->now))
+        bh_log(BH_LOG_WARN, "failed authentications throttled", BH_LS("peer", peer),
+               BH_LU("retry_after_s", bh_sr_throttle_wait(rq->s->throttle, a, rq->now)));
+}
+
 int bh_sr_authenticate(const bh_sr_req_t *rq, char user_id[BH_SR_ID_MAX + 1],
                        char key_id[BH_SR_ID_MAX + 1]) {
     bh_sr_server_t *s = rq->s;
+    bh_sr_addr_t addr;
+    int has_addr = request_addr(rq, &addr) == 0;
+    if (has_addr && throttled(rq, &addr))
+        return BH_ELIMIT;
     char key[BH_SR_KEY_MAX];
     int n = request_key(rq->req, key, sizeof key);
     int r = n > 0 ? s->hooks.authenticate(s->ud, key, (size_t)n, user_id, key_id) : BH_ENOTFOUND;
@@ -68,6 +105,7 @@ int bh_sr_authenticate(const bh_sr_req_t *rq, char user_id[BH_SR_ID_MAX + 1],
                                 : "Unauthorized: no API key (use Authorization: Bearer or "
                                   "access_token)";
         bh_sr_reply(rq, 401, "text/plain", "WWW-Authenticate: Bearer\r\n", msg, strlen(msg));
+        auth_failed(rq, &addr, has_addr);
         return r;
     }
     return BH_OK;
@@ -187,11 +225,13 @@ int bh_sr_admit(const bh_sr_req_t *rq, const char *key_id) {
     if (s->nconns >= s->cfg.max_conns) {
         bh_sr_reply(rq, 503, "application/json", "Cache-Control: no-store\r\n", total,
                     sizeof total - 1);
+        bh_metric_add(BH_M_LIMIT_CONNS_TOTAL, 1);
         return BH_ELIMIT;
     }
     if (key_count(s, key_id) >= s->cfg.max_conns_per_key) {
         bh_sr_reply(rq, 429, "application/json", "Cache-Control: no-store\r\n", per_key,
                     sizeof per_key - 1);
+        bh_metric_add(BH_M_LIMIT_CONNS_PER_KEY, 1);
         return BH_ELIMIT;
     }
     return BH_OK;
@@ -285,6 +325,7 @@ static void negotiate(bh_sr_req_t *rq) {
     bh_sr_pending_sweep(s, rq->now);
     if (s->npending >= BH_SR_MAX_PENDING) {
         bh_sr_reply_text(rq, 503, "Too many connections are being negotiated; try again later.");
+        bh_metric_add(BH_M_LIMIT_CONNS_TOTAL, 1);
         return;
     }
     if (bh_sr_admit(rq, key_id) < 0)
@@ -438,6 +479,10 @@ int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, s
         s->cfg.max_conns_per_key = 32;
     if (!s->cfg.max_conns)
         s->cfg.max_conns = 100000;
+    if (!(s->cfg.auth_fail_rate > 0))
+        s->cfg.auth_fail_rate = 1;
+    if (!s->cfg.auth_fail_burst)
+        s->cfg.auth_fail_burst = 20;
     s->methods = methods;
     s->nmethods = nmethods;
     s->hooks = *hooks;
@@ -448,6 +493,9 @@ int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, s
         goto fail;
     if (RAND_bytes(s->secret, sizeof s->secret) != 1 ||
         RAND_bytes((unsigned char *)&s->hash_seed, sizeof s->hash_seed) != 1)
+        goto fail;
+    if (bh_sr_throttle_new(s->cfg.auth_fail_rate, (double)s->cfg.auth_fail_burst,
+                           BH_SR_THROTTLE_MAX, s->hash_seed, &s->throttle) < 0)
         goto fail;
     *out = s;
     return BH_OK;
@@ -485,6 +533,7 @@ void bh_sr_server_free(bh_sr_server_t *s) {
             free(k);
         }
     free(s->kbuckets);
+    bh_sr_throttle_free(s->throttle);
     free(s->cors_list);
     bh_buf_free(&s->msg);
     bh_buf_free(&s->wire);

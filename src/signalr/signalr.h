@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "../base/json.h"
+#include "../base/metrics.h"
 #include "../http/server.h"
 
 #define BH_SR_ID_MAX 64
@@ -24,6 +25,8 @@ typedef int (*bh_sr_method_fn)(void *ud, bh_sr_conn_t *c, const bh_json_t *args,
 typedef struct {
     const char *name;
     bh_sr_method_fn fn;
+    /* Counters of its invocations that completed without / with an error. */
+    bh_metric_t ok_metric, error_metric;
 } bh_sr_method_t;
 
 typedef struct {
@@ -57,6 +60,12 @@ typedef struct {
      * would create one: negotiate and a WebSocket without a known session. */
     size_t max_conns_per_key;
     size_t max_conns;
+    /* Failed authentications (401) per source address (IPv4 address, IPv6 /64): a token bucket
+     * of auth_fail_burst (20) refilled at auth_fail_rate per second (1). An address with no
+     * token left gets 429 with Retry-After for every request that needs authentication, its
+     * key not looked at, until a token is back. */
+    double auth_fail_rate;
+    size_t auth_fail_burst;
 } bh_sr_config_t;
 
 int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, size_t nmethods,

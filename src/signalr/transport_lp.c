@@ -9,6 +9,7 @@
 
 #include "../base/error.h"
 #include "../base/log.h"
+#include "../base/metrics.h"
 #include "internal.h"
 
 /* Queue storage above this is released after each poll. */
@@ -78,7 +79,11 @@ static int lp_send(bh_sr_conn_t *c, const char *data, size_t len) {
     sr_lp_t *lp = c->att;
     size_t cap = c->srv->cfg.lp_max_queued;
     if (lp->queue.len + len > cap || bh_buf_append(&lp->queue, data, len) < 0) {
-        bh_log(BH_LOG_WARN, "closing a Long Polling connection: output over %zu bytes", cap);
+        bh_log(BH_LOG_WARN, "closing slow consumer", BH_LS("transport", "longpolling"),
+               BH_LS("connection_id", c->id), BH_LS("user", c->user_id), BH_LU("max_output", cap));
+        bh_metric_add(BH_M_LIMIT_OUTPUT, 1);
+        if (!c->end_reason)
+            c->end_reason = "slow consumer";
         bh_sr_session_finish_later(c);
         return BH_ETOOBIG;
     }
@@ -151,6 +156,10 @@ static int lp_tick(bh_sr_conn_t *c, uint64_t now) {
     if (lp)
         lp->flush_due = 0;
     if (lp && !lp->poll && now >= sat_add(lp->idle_since, c->srv->cfg.client_timeout_ms)) {
+        if (!c->closing) /* not one that was ending anyway */
+            bh_metric_add(BH_M_LIMIT_TIMEOUT, 1);
+        if (!c->end_reason)
+            c->end_reason = "client timeout";
         bh_sr_session_finish(c); /* abandoned: nobody polled for the client timeout */
         return 1;
     }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../base/error.h"
+#include "../base/log.h"
 #include "internal.h"
 
 /* The event stream; owned by its TCP connection (freed in on_close). */
@@ -129,5 +130,7 @@ void bh_sr_sse_request(bh_sr_req_t *rq, bh_sr_conn_t *c) {
     }
     /* A blank line first, as ASP.NET does: some EventSources open only on the first bytes. */
     bh_conn_write(e->net, "\r\n", 2);
+    bh_log(BH_LOG_DEBUG, "event stream opened", BH_LU("conn", bh_conn_id(e->net)),
+           BH_LS("connection_id", c->id), BH_LS("user", c->user_id));
     bh_sr_session_attach(c, &bh_sr_sse_transport, e, rq->loop, rq->now);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../base/error.h"
+#include "../base/log.h"
 #include "../ws/ws.h"
 #include "internal.h"
 
@@ -256,6 +257,9 @@ void bh_sr_ws_request(bh_sr_req_t *rq) {
                      accept);
     bh_http_upgrade(rq->hc, &ws_upgrade_ops, w);
     bh_conn_write(w->net, head, (size_t)n);
+    /* Ties the network connection (conn=) to the hub connection in the logs. */
+    bh_log(BH_LOG_DEBUG, "websocket opened", BH_LU("conn", bh_conn_id(w->net)),
+           BH_LS("connection_id", c->id), BH_LS("user", c->user_id), BH_LI("resume", resume));
     if (resume) {
         sr_ws_t *old = c->att;
         if (old) { /* the client saw the drop before we did */

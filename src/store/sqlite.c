@@ -16,6 +16,7 @@
 
 #include "../base/error.h"
 #include "../base/log.h"
+#include "../base/metrics.h"
 #include "walvfs.h"
 
 /* Version 2 added journal.result. Nothing older is deployed, so there is no migration: any
@@ -24,6 +25,8 @@
 #define STR_(x) #x
 #define STR(x) STR_(x)
 #define BUSY_TIMEOUT_MS 5000
+/* Readiness probe: a lock held longer than this by another process means "unavailable". */
+#define PROBE_BUSY_TIMEOUT_MS 100
 #define PAGE_SIZE 2048
 #define WAL_CHECKPOINT_BYTES (40 << 20)
 
@@ -220,12 +223,15 @@ static int col_u64(sqlite3_stmt *st, int i, uint64_t *out) {
 }
 
 static void log_fail(sq_t *s, const char *what) {
-    bh_log(BH_LOG_ERROR, "store: %s failed: %s", what, sqlite3_errmsg(s->db));
+    bh_metric_add(BH_M_STORE_ERRORS, 1);
+    bh_log(BH_LOG_ERROR, "store: statement failed", BH_LS("op", what),
+           BH_LS("error", sqlite3_errmsg(s->db)));
 }
 
 /* A row that does not hold what this code wrote: refuse to load rather than guess. */
 static int corrupt(const char *table) {
-    bh_log(BH_LOG_ERROR, "store: malformed row in table %s", table);
+    bh_metric_add(BH_M_STORE_ERRORS, 1);
+    bh_log(BH_LOG_ERROR, "store: malformed row", BH_LS("table", table));
     return BH_ESTORE;
 }
 
@@ -793,6 +799,28 @@ static int sq_visit_ops(bh_store_t *base, const bh_store_op_visitor_t *v) {
     return ret;
 }
 
+/* BEGIN IMMEDIATE takes the write lock as a commit would; nothing is written, so the ROLLBACK
+ * costs no sync. Not logged: the ledger logs when readiness changes, not every probe. */
+static int sq_probe(bh_store_t *base) {
+    sq_t *s = (sq_t *)base;
+    int rc;
+
+    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&write_mu);
+    sqlite3_busy_timeout(s->db, PROBE_BUSY_TIMEOUT_MS);
+    rc = st_exec(s->st[ST_BEGIN]);
+    if (!sqlite3_get_autocommit(s->db) && st_exec(s->st[ST_ROLLBACK]) != SQLITE_DONE)
+        rc = SQLITE_ERROR;
+    sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
+    pthread_mutex_unlock(&write_mu);
+    pthread_mutex_unlock(&s->mu);
+    if (rc != SQLITE_DONE) {
+        bh_metric_add(BH_M_STORE_ERRORS, 1);
+        return BH_ESTORE;
+    }
+    return BH_OK;
+}
+
 static const bh_store_ops_t sq_ops = {
     .name = "sqlite",
     .close = sq_close,
@@ -803,4 +831,5 @@ static const bh_store_ops_t sq_ops = {
     .load_user = sq_load_user,
     .put_key = sq_put_key,
     .visit_ops = sq_visit_ops,
+    .probe = sq_probe,
 };

@@ -154,3 +154,9 @@ int bh_store_visit_ops(bh_store_t *s, const bh_store_op_visitor_t *v) {
         return BH_EINVAL;
     return s->ops->visit_ops(s, v);
 }
+
+int bh_store_probe(bh_store_t *s) {
+    if (s == NULL)
+        return BH_EINVAL;
+    return s->ops->probe != NULL ? s->ops->probe(s) : BH_OK;
+}

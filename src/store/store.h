@@ -97,6 +97,7 @@ typedef struct {
     int (*load_user)(bh_store_t *s, const char *user_id, const bh_store_visitor_t *v);
     int (*put_key)(bh_store_t *s, const bh_store_key_t *k);
     int (*visit_ops)(bh_store_t *s, const bh_store_op_visitor_t *v);
+    int (*probe)(bh_store_t *s); /* NULL: the backend cannot tell, assume reachable */
 } bh_store_ops_t;
 
 struct bh_store {
@@ -131,5 +132,8 @@ int bh_store_put_key(bh_store_t *s, const bh_store_key_t *k);
 /* Visit every journaled (user_id, op_id) pair, in no particular order, from one consistent
  * snapshot (the ledger's op-id filter is built from it at open). */
 int bh_store_visit_ops(bh_store_t *s, const bh_store_op_visitor_t *v);
+/* Readiness: begin a write transaction and roll it back, waiting only briefly for a lock held
+ * elsewhere. BH_OK when the store could be written now, BH_ESTORE otherwise. */
+int bh_store_probe(bh_store_t *s);
 
 #endif

@@ -10,7 +10,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { HUB_PATH, REPO_ROOT, makeTempDir, removeTempDir, startServer, withTimeout } from '../interop/harness.mjs';
+import { HUB_PATH, REPO_ROOT, makeTempDir, recordSecrets, removeTempDir, startServer, withTimeout } from '../interop/harness.mjs';
 
 const require = createRequire(import.meta.url);
 const { chromium } = require('playwright-core');
@@ -145,9 +145,10 @@ async function invokeAndCheckDemo(page) {
   assert.equal(env.channel, 'executionEvents');
 }
 
+// The admin API on the operations listener; keys in the answers are recorded for the log scan.
 async function api(method, urlPath, body) {
   const res = await withTimeout(
-    fetch(server.url + urlPath, {
+    fetch(server.adminUrl + urlPath, {
       method,
       headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -155,7 +156,7 @@ async function api(method, urlPath, body) {
     10_000,
     `${method} ${urlPath}`,
   );
-  return { status: res.status, body: await res.json() };
+  return { status: res.status, body: recordSecrets(await res.json()) };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import {
   buildConnection,
   explained,
   makeTempDir,
+  recordSecrets,
   removeTempDir,
   startConnection,
   startServer,
@@ -44,7 +45,8 @@ after(async () => {
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-// One admin request. body: an object (sent as JSON), a string (sent as is) or undefined.
+// One admin request to the operations listener. body: an object (sent as JSON), a string (sent
+// as is) or undefined.
 async function api(method, urlPath, body, { token = TOKEN, base } = {}) {
   const headers = {};
   if (token !== null) headers.authorization = token.includes(' ') ? token : `Bearer ${token}`;
@@ -54,14 +56,14 @@ async function api(method, urlPath, body, { token = TOKEN, base } = {}) {
     payload = typeof body === 'string' ? body : JSON.stringify(body);
   }
   const res = await withTimeout(
-    fetch((base ?? server.url) + urlPath, { method, headers, body: payload }),
+    fetch((base ?? server.adminUrl) + urlPath, { method, headers, body: payload }),
     10_000,
     `${method} ${urlPath}`,
   );
   const text = await res.text();
   let json;
   try {
-    json = JSON.parse(text);
+    json = recordSecrets(JSON.parse(text));
   } catch {
     json = undefined;
   }
@@ -153,7 +155,7 @@ test('401 without a token, with a wrong one, or another scheme, on every path', 
 test('without an admin token configured every /admin/ path answers 404', async () => {
   const plain = await startServer({ env: { BALANCEHUB_ADMIN_TOKEN: undefined } });
   try {
-    const base = plain.url;
+    const base = plain.adminUrl;
     for (const [method, p, body] of [
       ['GET', '/admin/users/user-123/balances'],
       ['POST', '/admin/users', { userId: 'zed', baseCurrency: 'EUR', totalMaxExposure: '1' }],

@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { binPath, explained, makeTempDir, removeTempDir, startServer } from './harness.mjs';
+import { binPath, explained, makeTempDir, recordSecrets, removeTempDir, startServer } from './harness.mjs';
 
 const TOKEN = 'cli-admin-token-' + 'y'.repeat(16);
 let tmp;
@@ -62,15 +62,15 @@ function cli(args, env = {}) {
   });
 }
 
-// The server's env: URL and token from the environment, as documented.
-const online = () => ({ BALANCEHUB_URL: server.url, BALANCEHUB_ADMIN_TOKEN: TOKEN });
+// The server's env: URL (of the operations listener) and token from the environment, as documented.
+const online = () => ({ BALANCEHUB_URL: server.adminUrl, BALANCEHUB_ADMIN_TOKEN: TOKEN });
 
 // Exit 0 with exactly one JSON line on stdout and nothing on stderr; returns the parsed JSON.
 function okLine(r, what) {
   assert.equal(r.code, 0, `${what}: exit code (stderr: ${r.stderr})`);
   assert.equal(r.stderr, '', `${what}: stderr`);
   assert.match(r.stdout, /^[^\n]+\n$/, `${what}: one line on stdout`);
-  return JSON.parse(r.stdout);
+  return recordSecrets(JSON.parse(r.stdout)); // create-key answers carry a key
 }
 
 // Exit code with one stderr line and an empty stdout.
@@ -82,7 +82,7 @@ function failLine(r, code, re, what) {
 }
 
 async function get(p) {
-  const res = await fetch(server.url + p, { headers: { authorization: `Bearer ${TOKEN}` } });
+  const res = await fetch(server.adminUrl + p, { headers: { authorization: `Bearer ${TOKEN}` } });
   return { status: res.status, text: await res.text() };
 }
 
@@ -92,6 +92,8 @@ test('--help for admin and for every command exits 0 with the usage on stdout', 
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^usage: balancehub admin /);
     for (const c of COMMANDS) assert.ok(r.stdout.includes(c), `admin --help lists ${c}`);
+    // The admin API lives on the operations listener (serve --admin-listen, default port 5001).
+    assert.ok(r.stdout.includes('http://127.0.0.1:5001'), 'admin --help names the default URL http://127.0.0.1:5001');
   }
   for (const c of COMMANDS) {
     for (const args of [[c, '--help'], [c, '-h'], ['--url', 'http://127.0.0.1:1', c, 'x', '--help']]) {
@@ -212,13 +214,13 @@ test('HTTP mode: every command prints the server\'s answer JSON', { timeout: 60_
 
 test('HTTP mode: --url and --admin-token-file, error answers and failures exit 1', { timeout: 60_000 }, ex(async () => {
   // Flags instead of the environment; options may follow the command too.
-  okLine(await cli(['--url', server.url + '/', '--admin-token-file', tokenFile, 'balances', 'user-123']), 'flags before');
-  okLine(await cli(['balances', 'user-123', '--url', server.url, '--admin-token-file', tokenFile]), 'flags after');
+  okLine(await cli(['--url', server.adminUrl + '/', '--admin-token-file', tokenFile, 'balances', 'user-123']), 'flags before');
+  okLine(await cli(['balances', 'user-123', '--url', server.adminUrl, '--admin-token-file', tokenFile]), 'flags after');
   // --url wins over BALANCEHUB_URL.
-  okLine(await cli(['--url', server.url, 'balances', 'user-123'], { BALANCEHUB_URL: 'http://127.0.0.1:1', BALANCEHUB_ADMIN_TOKEN: TOKEN }), '--url over env');
+  okLine(await cli(['--url', server.adminUrl, 'balances', 'user-123'], { BALANCEHUB_URL: 'http://127.0.0.1:1', BALANCEHUB_ADMIN_TOKEN: TOKEN }), '--url over env');
 
-  failLine(await cli(['balances', 'user-123'], { BALANCEHUB_URL: server.url }), 1, /HTTP 401.*BALANCEHUB_ADMIN_TOKEN/, 'no token');
-  failLine(await cli(['balances', 'user-123'], { BALANCEHUB_URL: server.url, BALANCEHUB_ADMIN_TOKEN: 'wrong' }), 1, /HTTP 401/, 'wrong token');
+  failLine(await cli(['balances', 'user-123'], { BALANCEHUB_URL: server.adminUrl }), 1, /HTTP 401.*BALANCEHUB_ADMIN_TOKEN/, 'no token');
+  failLine(await cli(['balances', 'user-123'], { BALANCEHUB_URL: server.adminUrl, BALANCEHUB_ADMIN_TOKEN: 'wrong' }), 1, /HTTP 401/, 'wrong token');
   failLine(await cli(['balances', 'nobody'], online()), 1, /unknown user 'nobody'.*HTTP 404/, 'unknown user');
   failLine(await cli(['deposit', 'user-123', 'BTC', '-1'], online()), 2, null, 'a negative amount looks like an option');
   failLine(await cli(['deposit', 'user-123', 'BTC', '--', '-1'], online()), 1, /amount.*HTTP 400/, 'negative amount');
@@ -227,7 +229,7 @@ test('HTTP mode: --url and --admin-token-file, error answers and failures exit 1
   failLine(await cli(['create-user', 'user-123', '--op-id', 'x'], online()), 1, /HTTP 409/, 'conflict');
   failLine(await cli(['revoke-key', 'ffffffffffffffff'], online()), 1, /HTTP 404/, 'unknown key');
   failLine(await cli(['balances', 'user-123'], { BALANCEHUB_URL: 'http://127.0.0.1:1', BALANCEHUB_ADMIN_TOKEN: TOKEN }), 1, /cannot reach http:\/\/127\.0\.0\.1:1/, 'connection refused');
-  failLine(await cli(['--admin-token-file', path.join(tmp, 'missing'), 'balances', 'user-123'], { BALANCEHUB_URL: server.url }), 2, /token file/, 'missing token file');
+  failLine(await cli(['--admin-token-file', path.join(tmp, 'missing'), 'balances', 'user-123'], { BALANCEHUB_URL: server.adminUrl }), 2, /token file/, 'missing token file');
   // Nothing changed the demo user.
   const b = JSON.parse((await get('/admin/users/user-123/balances')).text);
   assert.equal(b.userId, 'user-123');

@@ -62,7 +62,7 @@ function assertOk(r, what) {
 let opCounter = 0;
 async function deposit(amount, asset = 'BTC') {
   const res = await withTimeout(
-    fetch(`${server.url}/admin/users/user-123/ops`, {
+    fetch(`${server.adminUrl}/admin/users/user-123/ops`, {
       method: 'POST',
       headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
       body: JSON.stringify({ opId: `client-test-${process.pid}-${++opCounter}`, op: 'deposit', asset, amount }),

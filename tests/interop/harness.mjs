@@ -2,11 +2,16 @@
 // balancehub server per test file (stop() asserts a clean exit 0, which under ASan also means
 // "no leaks"), @microsoft/signalr connections, and raw HTTP / WebSocket sockets for the tests
 // that must send what no well-behaved client sends. Every wait has a timeout.
+//
+// Secrets never in logs: with BALANCEHUB_TEST_LOG_DIR set, every server's stderr (its logs) is
+// appended to a file there, and every secret the tests know (demo keys, keys from admin answers,
+// admin tokens) to its `secrets` file; tests/system/secrets_scan.mjs checks the one against the
+// other after the run (`make interop`).
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
@@ -51,14 +56,74 @@ export function removeTempDir(dir) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// secrets and server logs (BALANCEHUB_TEST_LOG_DIR)
+
+const LOG_DIR = process.env.BALANCEHUB_TEST_LOG_DIR || null;
+const recorded = new Set();
+// Shorter strings would match ordinary text; no real secret of the tests is that short.
+const MIN_SECRET_LEN = 8;
+
+// Records a secret (API key, admin token) for the log scan; a no-op without a log dir.
+export function recordSecret(secret) {
+  if (typeof secret !== 'string') return;
+  const s = secret.trim();
+  if (!LOG_DIR || s.length < MIN_SECRET_LEN || /[\r\n]/.test(s) || recorded.has(s)) return;
+  recorded.add(s);
+  mkdirSync(LOG_DIR, { recursive: true });
+  appendFileSync(path.join(LOG_DIR, 'secrets'), s + '\n');
+}
+
+// Records every "apiKey" / "key" string field anywhere in a parsed JSON value (an admin answer).
+// Returns the value, so helpers can wrap their result in it.
+export function recordSecrets(value) {
+  if (Array.isArray(value)) {
+    for (const v of value) recordSecrets(v);
+  } else if (value && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) {
+      if ((k === 'apiKey' || k === 'key') && typeof v === 'string') recordSecret(v);
+      else recordSecrets(v);
+    }
+  }
+  return value;
+}
+
+let logSeq = 0;
+
+// The file a new server's stderr goes to (null without a log dir): named after the test file.
+function serverLogFile() {
+  if (!LOG_DIR) return null;
+  mkdirSync(LOG_DIR, { recursive: true });
+  const base = path.basename(process.argv[1] ?? 'node').replace(/[^A-Za-z0-9_.-]/g, '_');
+  return path.join(LOG_DIR, `${base}.${process.pid}.${++logSeq}.log`);
+}
+
+// The admin token a server is given (--admin-token-file F, or env), recorded as a secret.
+function recordAdminToken(args, childEnv) {
+  for (let i = 0; i < args.length; i++) {
+    let file = null;
+    if (args[i] === '--admin-token-file' && i + 1 < args.length) file = args[i + 1];
+    else if (args[i].startsWith('--admin-token-file=')) file = args[i].slice('--admin-token-file='.length);
+    if (file) {
+      try {
+        recordSecret(readFileSync(file, 'utf8').split(/\r?\n/)[0]);
+      } catch {
+        // A missing file is the server's error to report.
+      }
+    }
+  }
+  recordSecret(childEnv.BALANCEHUB_ADMIN_TOKEN);
+}
+
+// ---------------------------------------------------------------------------------------------
 // offline admin CLI
 
 // Runs the offline admin CLI, `balancehub admin --data DIR ARGS...` (the server must not be
 // running on DIR); returns the trimmed stdout (one JSON line), throws with stderr on failure.
 export function admin(dataDir, ...args) {
   const argv = ['admin', '--data', dataDir, ...args];
+  let out;
   try {
-    return execFileSync(binPath(), argv, {
+    out = execFileSync(binPath(), argv, {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'pipe'],
       timeout: 10_000,
@@ -71,6 +136,12 @@ export function admin(dataDir, ...args) {
     e.cause = err;
     throw e;
   }
+  try {
+    recordSecrets(JSON.parse(out)); // create-key answers carry a key
+  } catch {
+    // not JSON: nothing to record
+  }
+  return out;
 }
 
 // admin(), parsed: every admin command prints one JSON value.
@@ -82,20 +153,56 @@ export function adminJson(dataDir, ...args) {
 // the server
 
 const READY_RE = /listening on (https?:\/\/127\.0\.0\.1:(\d+))/;
+const ADMIN_RE = /^admin: (https?:\/\/\S+?:(\d+))\/?\r?\n/m; // a whole line: the port may come in pieces
 
-// Starts `balancehub serve --listen 127.0.0.1:0 --data DIR [--demo] EXTRA...` and waits for its
-// "listening on" line. Returns {url, hubUrl, port, apiKey, dataDir, proc, connect(), stop(), ...}.
+// The value of option `name` in args (the last one wins, like the server's parser), or undefined.
+function flagValue(args, name) {
+  let v;
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === `--${name}`) v = args[i + 1];
+    else if (args[i].startsWith(`--${name}=`)) v = args[i].slice(name.length + 3);
+  }
+  return v;
+}
+
+// The admin-listen a config file sets, or undefined (also when the file cannot be read).
+function configAdminListen(file) {
+  try {
+    const m = /^[ \t]*admin-listen[ \t]*=[ \t]*(\S*)[ \t]*\r?$/m.exec(readFileSync(file, 'utf8'));
+    return m ? m[1] : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+// Starts `balancehub serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data DIR [--demo]
+// EXTRA...` and waits for its "listening on" line and, when the operations listener is on, its
+// "admin:" line. Returns {url, hubUrl, port, adminUrl, adminPort, apiKey, dataDir, proc,
+// connect(), stop(), ...}; adminUrl (the operations listener: /admin/, /metrics) is null when
+// it is off. An admin-listen of the caller's (extraArgs, else env BALANCEHUB_ADMIN_LISTEN, else
+// the --config / BALANCEHUB_CONFIG file) replaces the harness's.
 // env: variables to set (a value of undefined removes one) on top of this process's environment.
 export async function startServer({ dataDir, demo = true, extraArgs = [], ownDataDir, env } = {}) {
   const bin = binPath();
   const dir = dataDir ?? makeTempDir();
   const removeDir = ownDataDir ?? dataDir === undefined;
-  const args = ['serve', '--listen', '127.0.0.1:0', '--data', dir, ...(demo ? ['--demo'] : []), ...extraArgs];
+  const configFile = flagValue(extraArgs, 'config') ?? env?.BALANCEHUB_CONFIG;
+  let adminListen =
+    flagValue(extraArgs, 'admin-listen') ?? (env?.BALANCEHUB_ADMIN_LISTEN || undefined) ?? (configFile ? configAdminListen(configFile) : undefined);
+  const ownAdmin = [];
+  if (adminListen === undefined) {
+    adminListen = '127.0.0.1:0'; // never the default port: test servers run side by side
+    ownAdmin.push('--admin-listen', adminListen);
+  }
+  const expectAdmin = adminListen !== 'off';
+  const args = ['serve', '--listen', '127.0.0.1:0', ...ownAdmin, '--data', dir, ...(demo ? ['--demo'] : []), ...extraArgs];
   const childEnv = { ...process.env };
   for (const [k, v] of Object.entries(env ?? {})) {
     if (v === undefined) delete childEnv[k];
     else childEnv[k] = v;
   }
+  recordAdminToken(args, childEnv);
+  const logFile = serverLogFile();
   const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv });
   let stdout = '';
   let stderr = '';
@@ -111,13 +218,14 @@ export async function startServer({ dataDir, demo = true, extraArgs = [], ownDat
   // Keep draining both pipes for the server's whole life so it can never block on a full pipe.
   proc.stderr.on('data', (d) => {
     stderr = tail(stderr + d, 1 << 20);
+    if (logFile) appendFileSync(logFile, d);
     if (process.env.BALANCEHUB_TEST_STDERR) process.stderr.write(d);
   });
   const ready = new Promise((resolve, reject) => {
     proc.stdout.on('data', (d) => {
       stdout = tail(stdout + d, 1 << 20);
       const m = READY_RE.exec(stdout);
-      if (m) resolve(m);
+      if (m && (!expectAdmin || ADMIN_RE.test(stdout))) resolve(m);
     });
     proc.on('error', reject);
     exited.then(({ code, signal }) =>
@@ -127,7 +235,7 @@ export async function startServer({ dataDir, demo = true, extraArgs = [], ownDat
 
   let match;
   try {
-    match = await withTimeout(ready, 10_000, 'server "listening on" line');
+    match = await withTimeout(ready, 10_000, `server "listening on"${expectAdmin ? ' and "admin:" lines' : ' line'}`);
   } catch (err) {
     if (!exit) proc.kill('SIGKILL');
     await withTimeout(exited, 5_000, 'killed server exit').catch(() => {});
@@ -136,10 +244,13 @@ export async function startServer({ dataDir, demo = true, extraArgs = [], ownDat
   }
 
   const url = match[1];
+  const adminMatch = ADMIN_RE.exec(stdout);
   const server = {
     url,
     port: Number(match[2]),
     hubUrl: url + HUB_PATH,
+    adminUrl: adminMatch ? adminMatch[1] : null,
+    adminPort: adminMatch ? Number(adminMatch[2]) : null,
     dataDir: dir,
     proc,
     apiKey: null,
@@ -190,6 +301,7 @@ export async function startServer({ dataDir, demo = true, extraArgs = [], ownDat
   if (demo) {
     try {
       server.apiKey = readFileSync(path.join(dir, 'demo-api-key'), 'utf8').trim();
+      recordSecret(server.apiKey);
       assert.ok(server.apiKey.length > 0, 'demo-api-key is empty');
     } catch (err) {
       await server.stop().catch(() => {});

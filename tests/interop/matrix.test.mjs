@@ -65,15 +65,16 @@ after(async () => {
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-async function http(srv, method, target, { key = srv.apiKey, body, headers = {} } = {}) {
+async function http(srv, method, target, { key = srv.apiKey, body, headers = {}, base = srv.url } = {}) {
   const h = { ...headers };
   if (key) h.authorization = `Bearer ${key}`;
-  const res = await withTimeout(fetch(srv.url + target, { method, headers: h, body }), 10_000, `${method} ${target}`);
+  const res = await withTimeout(fetch(base + target, { method, headers: h, body }), 10_000, `${method} ${target}`);
   return { status: res.status, text: await res.text() };
 }
 
 async function adminOp(srv, tok, body, user = USER) {
   const r = await http(srv, 'POST', `/admin/users/${user}/ops`, {
+    base: srv.adminUrl, // the operations listener
     key: tok,
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify(body),

@@ -24,6 +24,7 @@ import {
   explained,
   makeTempDir,
   parseHttpResponse,
+  recordSecrets,
   removeTempDir,
   signalR,
   startServer,
@@ -82,18 +83,19 @@ after(async () => {
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-async function http(method, target, { key = server.apiKey, headers = {}, body, ms = 10_000 } = {}) {
+async function http(method, target, { key = server.apiKey, headers = {}, body, ms = 10_000, base = server.url } = {}) {
   const h = { ...headers };
   if (key) h.authorization = `Bearer ${key}`;
-  const res = await withTimeout(fetch(server.url + target, { method, headers: h, body }), ms, `${method} ${target}`);
+  const res = await withTimeout(fetch(base + target, { method, headers: h, body }), ms, `${method} ${target}`);
   const buf = Buffer.from(await res.arrayBuffer());
   return { status: res.status, headers: res.headers, text: buf.toString('utf8'), buf };
 }
 
+// On the operations listener; keys in the answers are recorded for the log scan.
 async function admin(method, urlPath, body, status = 200) {
-  const r = await http(method, urlPath, { key: token, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const r = await http(method, urlPath, { base: server.adminUrl, key: token, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
   assert.equal(r.status, status, `${method} ${urlPath} -> ${r.status} ${r.text}`);
-  return JSON.parse(r.text);
+  return recordSecrets(JSON.parse(r.text));
 }
 
 let opCounter = 0;

@@ -23,6 +23,7 @@ import {
   explained,
   makeTempDir,
   parseHttpResponse,
+  recordSecrets,
   removeTempDir,
   signalR,
   startServer,
@@ -75,10 +76,10 @@ after(async () => {
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-async function http(srv, method, target, { key = srv.apiKey, headers = {}, body } = {}) {
+async function http(srv, method, target, { key = srv.apiKey, headers = {}, body, base = srv.url } = {}) {
   const h = { ...headers };
   if (key) h.authorization = `Bearer ${key}`;
-  const res = await withTimeout(fetch(srv.url + target, { method, headers: h, body }), 10_000, `${method} ${target}`);
+  const res = await withTimeout(fetch(base + target, { method, headers: h, body }), 10_000, `${method} ${target}`);
   const buf = Buffer.from(await res.arrayBuffer());
   return { status: res.status, headers: res.headers, text: buf.toString('utf8'), buf };
 }
@@ -92,10 +93,11 @@ async function negotiate(srv, query = 'negotiateVersion=1', opts) {
 const hub = (id) => `${HUB_PATH}?id=${encodeURIComponent(id)}`;
 const records = (text) => text.split(RS).filter((s) => s.length > 0).map((s) => JSON.parse(s));
 
+// On the operations listener; keys in the answers are recorded for the log scan.
 async function adminOk(method, urlPath, body, status = 200) {
-  const r = await http(server, method, urlPath, { key: token, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const r = await http(server, method, urlPath, { base: server.adminUrl, key: token, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
   assert.equal(r.status, status, `${method} ${urlPath} -> ${r.status} ${r.text}`);
-  return JSON.parse(r.text);
+  return recordSecrets(JSON.parse(r.text));
 }
 
 let ops = 0;

@@ -18,6 +18,7 @@ import {
   EventQueue,
   explained,
   makeTempDir,
+  recordSecrets,
   removeTempDir,
   signalR,
   startConnection,
@@ -50,19 +51,20 @@ after(async () => {
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-// One admin HTTP request; returns {status, body} with body parsed as JSON (or the raw text).
+// One admin HTTP request to the operations listener; returns {status, body} with body parsed as
+// JSON (or the raw text). Keys in the answers are recorded for the log scan.
 async function adminApi(method, urlPath, body) {
   const headers = { authorization: `Bearer ${token}` };
   if (body !== undefined) headers['content-type'] = 'application/json';
   const res = await withTimeout(
-    fetch(server.url + urlPath, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) }),
+    fetch(server.adminUrl + urlPath, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) }),
     10_000,
     `${method} ${urlPath}`,
   );
   const text = await res.text();
   let parsed = text;
   try {
-    parsed = JSON.parse(text);
+    parsed = recordSecrets(JSON.parse(text));
   } catch {}
   return { status: res.status, body: parsed };
 }
@@ -167,7 +169,7 @@ Promise.all(Array.from({ length: concurrency }, worker)).then(
   writeFileSync(file, script);
   const child = spawn(process.execPath, [file], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, URL: server.url, USER_ID: user, N: String(n), CONC: String(concurrency), ADMIN_TOKEN: token },
+    env: { ...process.env, URL: server.adminUrl, USER_ID: user, N: String(n), CONC: String(concurrency), ADMIN_TOKEN: token },
   });
   let out = '';
   let err = '';

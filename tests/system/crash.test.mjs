@@ -141,8 +141,8 @@ function int(v, what) {
 // ---------------------------------------------------------------------------------------------
 // admin HTTP
 
-// One request; resolves {status, text} only when the whole answer arrived, rejects on any
-// connection failure (then the op's outcome is unknown).
+// One request to the admin API (on the operations listener); resolves {status, text} only when
+// the whole answer arrived, rejects on any connection failure (then the op's outcome is unknown).
 function request(srv, agent, method, urlPath, body) {
   return new Promise((resolve, reject) => {
     const data = body === undefined ? undefined : JSON.stringify(body);
@@ -151,7 +151,7 @@ function request(srv, agent, method, urlPath, body) {
       headers['content-type'] = 'application/json';
       headers['content-length'] = Buffer.byteLength(data);
     }
-    const req = http.request({ host: '127.0.0.1', port: srv.port, method, path: urlPath, agent, headers }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port: srv.adminPort, method, path: urlPath, agent, headers }, (res) => {
       const chunks = [];
       res.on('data', (d) => chunks.push(d));
       res.on('error', reject);
