@@ -2,6 +2,7 @@
  * an explicit stack (no recursion, so max_depth can be large) and never mallocs per node. */
 #include "base/json.h"
 
+#include <pthread.h>
 #include <stdalign.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,11 +33,58 @@ struct bh_json_doc {
     bh_json_t *root;
 };
 
+/* One freed chunk of up to SPARE_MAX bytes is kept per thread and reused by the next parse, so
+ * parsing a stream of hub messages allocates nothing once warm (bench/malloc_count.c shows it).
+ * A thread's spare is freed when the thread exits (pthread key destructor). */
+#define SPARE_MAX ((size_t)16 << 10)
+static _Thread_local chunk_t *spare;
+static _Thread_local int spare_registered;
+static pthread_key_t spare_key;
+static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+static int spare_key_ok;
+
+static void spare_destroy(void *unused) {
+    (void)unused;
+    free(spare);
+    spare = NULL;
+}
+
+static void spare_init(void) {
+    spare_key_ok = pthread_key_create(&spare_key, spare_destroy) == 0;
+}
+
+static void chunk_release(chunk_t *c) {
+    if (c->cap <= SPARE_MAX && (!spare || spare->cap < c->cap)) {
+        if (!spare_registered) {
+            pthread_once(&spare_once, spare_init);
+            spare_registered = spare_key_ok && pthread_setspecific(spare_key, &spare_key) == 0;
+        }
+        if (spare_registered) {
+            free(spare);
+            spare = c;
+            return;
+        }
+    }
+    free(c);
+}
+
+static chunk_t *chunk_get(size_t cap) {
+    if (spare && spare->cap >= cap) {
+        chunk_t *c = spare;
+        spare = NULL;
+        return c;
+    }
+    chunk_t *c = malloc(sizeof(chunk_t) + cap);
+    if (c)
+        c->cap = cap;
+    return c;
+}
+
 static void arena_free(arena_t *a) {
     chunk_t *c = a->head;
     while (c) {
         chunk_t *n = c->next;
-        free(c);
+        chunk_release(c);
         c = n;
     }
     a->head = NULL;
@@ -65,10 +113,9 @@ static void *arena_alloc(arena_t *a, size_t n) {
             }
             return big + 1;
         }
-        c = malloc(sizeof(chunk_t) + cap);
+        c = chunk_get(cap);
         if (!c)
             return NULL;
-        c->cap = cap;
         c->used = 0;
         c->next = a->head;
         a->head = c;
