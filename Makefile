@@ -95,9 +95,21 @@ $(BUILD)/bench/ledger_bench: bench/ledger_bench.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< -lpthread
 
-# Durable ledger ops/s and update fan-out latency against a release server: bench/report.md.
-bench: $(BIN) $(BUILD)/bench/ledger_bench
-	BALANCEHUB_BIN=$(abspath $(BIN)) LEDGER_BENCH=$(abspath $(BUILD)/bench/ledger_bench) bench/run
+$(BUILD)/bench/floor: bench/floor.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< -lm
+
+# bench/report.md: GetBalances vs the TCP floor, throughput on 1 and all cores, idle connections,
+# the Node peers (npm ws, socket.io), the durable ledger; ~5 minutes. bench-smoke: a few seconds,
+# checks only that every part produced numbers (never a timed assertion); `make test` runs it.
+BENCH_ENV = BALANCEHUB_BIN=$(abspath $(BIN)) FLOOR_BIN=$(abspath $(BUILD)/bench/floor) \
+	LEDGER_BENCH=$(abspath $(BUILD)/bench/ledger_bench) BENCH_DATA_PARENT=$(abspath $(BUILD))/bench
+.PHONY: bench-smoke
+bench: $(BIN) $(BUILD)/bench/ledger_bench $(BUILD)/bench/floor
+	$(BENCH_ENV) bench/run
+
+bench-smoke: $(BIN) $(BUILD)/bench/floor
+	$(BENCH_ENV) bench/run --smoke --out $(abspath $(BUILD))/bench/smoke-report.md >/dev/null
 
 # Fuzzing (tests/fuzz, one harness per codec). `make fuzz` builds the harnesses with clang and
 # libFuzzer and runs each for FUZZ_SECONDS; what it finds goes to $(FUZZ_BUILD)/corpus and
@@ -249,7 +261,7 @@ interop: examples
 # The whole suite, then the whole suite again under ASan + UBSan.
 test: deps
 	@$(MAKE) --no-print-directory format-check
-	@$(MAKE) --no-print-directory unit interop
+	@$(MAKE) --no-print-directory unit interop bench-smoke
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 unit interop fuzz-corpus
 
 format:

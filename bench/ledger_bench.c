@@ -683,7 +683,8 @@ static void *fan_reader(void *arg) {
     }
 }
 
-static void run_fanout(const target_t *t, uint64_t dur_ms, size_t max_ops, fan_result_t *res) {
+static void run_fanout(const target_t *t, const target_t *hub, uint64_t dur_ms, size_t max_ops,
+                       fan_result_t *res) {
     char out[65536];
     conn_t admin = {.fd = -1};
     int st = http_call(t, &admin, "POST", "/admin/users/bench-fan/keys", "{}", out, sizeof out);
@@ -693,7 +694,7 @@ static void run_fanout(const target_t *t, uint64_t dur_ms, size_t max_ops, fan_r
 
     ws_t w = {.c = {.fd = -1}};
     fan_reader_t fr = {.w = &w, .cap = max_ops};
-    fr.base = fr.last = ws_subscribe(t, &w, key, "bench-fanout");
+    fr.base = fr.last = ws_subscribe(hub, &w, key, "bench-fanout");
     fr.t_ev = xmalloc(max_ops * sizeof *fr.t_ev);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -799,7 +800,8 @@ static const char usage[] =
     "  fanout  one WebSocket SignalR subscriber; deposits one at a time; update receipt vs.\n"
     "          admin answer (t_event - t_ack, signed) and vs. send (t_event - t_send)\n"
     "\n"
-    "  --url URL               server (http only)\n"
+    "  --url URL               server (http only): its admin API\n"
+    "  --hub-url URL           the hub's listener when not --url (serve --admin-listen)\n"
     "  --admin-token-file F    admin token (default: env BALANCEHUB_ADMIN_TOKEN)\n"
     "  --scenarios LIST        comma-separated subset of seq,conc,fanout (default all)\n"
     "  --duration-ms N         measured window of each scenario (default 3000)\n"
@@ -863,6 +865,7 @@ static uint64_t num_arg(const char *s, const char *name) {
 
 int main(int argc, char **argv) {
     static const struct option opts[] = {{"url", required_argument, NULL, 'u'},
+                                         {"hub-url", required_argument, NULL, 'H'},
                                          {"admin-token-file", required_argument, NULL, 't'},
                                          {"scenarios", required_argument, NULL, 's'},
                                          {"duration-ms", required_argument, NULL, 'd'},
@@ -873,13 +876,17 @@ int main(int argc, char **argv) {
                                          {"server-pid", required_argument, NULL, 'p'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *url = NULL, *token_file = NULL, *scen = "seq,conc,fanout", *results = NULL;
+    const char *url = NULL, *hub_url = NULL, *token_file = NULL, *scen = "seq,conc,fanout",
+               *results = NULL;
     uint64_t dur = 3000, warm = 500, clients = 64, max_ops = 4000000;
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (o) {
         case 'u':
             url = optarg;
+            break;
+        case 'H':
+            hub_url = optarg;
             break;
         case 't':
             token_file = optarg;
@@ -923,6 +930,9 @@ int main(int argc, char **argv) {
         die("--duration-ms and --warmup-ms at most 600000");
     target_t t = {0};
     parse_url(url, &t);
+    target_t hub = t;
+    if (hub_url)
+        parse_url(hub_url, &hub);
     read_token(token_file, &t);
     snprintf(t.run, sizeof t.run, "b%lx%x", (unsigned long)time(NULL), (unsigned)getpid());
     srand((unsigned)now_ns());
@@ -978,7 +988,7 @@ int main(int argc, char **argv) {
     }
     if (do_fan) {
         fan_result_t f;
-        run_fanout(&t, dur, (size_t)(max_ops < 1000000 ? max_ops : 1000000), &f);
+        run_fanout(&t, &hub, dur, (size_t)(max_ops < 1000000 ? max_ops : 1000000), &f);
         printf("fanout: %" PRIu64 " ops one at a time: event-ack p50 %.1f us p99 %.1f us; "
                "event-send p50 %.1f us p99 %.1f us; ack-send p50 %.1f us p99 %.1f us; "
                "update before ack in %" PRIu64 " ops\n",
