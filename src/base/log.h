@@ -3,7 +3,8 @@
  * threads never interleave. Never log an API key, a token, or a balance: ids and counts only.
  *
  *   bh_log(BH_LOG_WARN, "slow consumer closed", BH_LU("conn", id), BH_LS("peer", peer));
- *   -> ts=2026-11-27T07:00:00.000Z level=warn msg="slow consumer closed" conn=42 peer=127.0.0.1:5555
+ *   -> ts=2026-11-27T07:00:00.000Z level=warn msg="slow consumer closed" conn=42
+ * peer=127.0.0.1:5555
  *   -> {"ts":"2026-11-27T07:00:00.000Z","level":"warn","msg":"slow consumer closed","conn":42,...}
  */
 #ifndef BH_BASE_LOG_H

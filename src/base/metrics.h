@@ -31,9 +31,9 @@ typedef enum {
     /* counter bh_hub_events_total{subject} */
     BH_M_EVENT_SNAPSHOT,
     BH_M_EVENT_UPDATE,
-    BH_M_EVENT_ERROR,      /* account.balances.error */
-    BH_M_EVENT_PRECHECKS,  /* preChecksError */
-    BH_M_AUTH_FAILURES,    /* counter bh_auth_failures_total */
+    BH_M_EVENT_ERROR,     /* account.balances.error */
+    BH_M_EVENT_PRECHECKS, /* preChecksError */
+    BH_M_AUTH_FAILURES,   /* counter bh_auth_failures_total */
     /* counter bh_limit_rejections_total{limit} */
     BH_M_LIMIT_CONNS_PER_KEY, /* 429 at negotiate / upgrade */
     BH_M_LIMIT_CONNS_TOTAL,   /* 503 */
