@@ -12,7 +12,7 @@ CFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanit
 LDFLAGS += -fsanitize=address,undefined
 endif
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -Isrc $(WARN) $(CFLAGS) -MMD -MP $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay -lmsgpackc -lpthread -lm
+LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lmsgpackc -lpthread -lm
 TEST_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 
 LIB_SRC := $(sort $(shell find src -name '*.c' ! -path 'src/cli/*'))
@@ -184,7 +184,7 @@ CLIENT_SRC := $(sort $(wildcard src/client/*.c)) src/base/buf.c src/base/decimal
 	src/base/error.c src/base/json.c src/ws/ws.c $(sort $(wildcard src/signalr/protocol.c \
 	src/signalr/msgpack*.c))
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/pic/%.o)
-CLIENT_LIBS := $(shell pkg-config --libs openssl msgpack 2>/dev/null) -lwslay -lm
+CLIENT_LIBS := $(shell pkg-config --libs openssl msgpack 2>/dev/null) -lm
 CLIENT_A := $(BUILD)/libbalancehub.a
 CLIENT_SO := $(BUILD)/libbalancehub.so
 STAGE := $(BUILD)/stage

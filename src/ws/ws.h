@@ -1,6 +1,6 @@
-/* WebSocket (RFC 6455) server and client sides: handshake keys and framing, built on wslay's
- * event API. Codec only: bytes from the socket go in through bh_ws_feed, complete messages come
- * out through callbacks, frames to send are serialized into a caller's buffer by bh_ws_flush. */
+/* WebSocket (RFC 6455) server and client sides: handshake keys and framing. Codec only: bytes
+ * from the socket go in through bh_ws_feed, complete messages come out through callbacks, frames
+ * to send are serialized into a caller's buffer by bh_ws_flush. */
 #ifndef BH_WS_WS_H
 #define BH_WS_WS_H
 

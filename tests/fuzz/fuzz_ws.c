@@ -1,5 +1,5 @@
-/* Fuzz harness for the WebSocket sessions (bh_ws_* on wslay), server and client side. The same
- * bytes are fed in one piece, byte by byte, in random chunks with flushes in between, and (short
+/* Fuzz harness for the WebSocket sessions (bh_ws_*), server and client side. The same bytes
+ * are fed in one piece, byte by byte, in random chunks with flushes in between, and (short
  * inputs) cut in two at every offset: every way must deliver the same messages, error, peer
  * close code and Close. Output must be well-formed frames (masked on the client side only), and
  * a protocol error must end in a Close with a status code. Sending: a capped output buffer

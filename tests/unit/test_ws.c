@@ -10,9 +10,13 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "base/buf.h"
 #include "base/error.h"
+#include "base/json.h"
 #include "ws/ws.h"
 
 #define MAX_MSGS 16
@@ -249,15 +253,21 @@ static void test_protocol_errors(void **state) {
         {"close with 7-bit length 127", {0x88, 0xff, 0, 0, 0, 0, 0, 0, 0, 200}, 10},
         {"fragmented ping", {0x09, 0x80, 1, 2, 3, 4}, 6},
         {"fragmented close", {0x08, 0x80, 1, 2, 3, 4}, 6},
-        {"non-minimal 16-bit length", {0x82, 0xfe, 0x00, 0x05, 1, 2, 3, 4, 0, 0, 0, 0, 0}, 13},
-        {"non-minimal 64-bit length", {0x82, 0xff, 0, 0, 0, 0, 0, 0, 0x01, 0x00, 1, 2, 3, 4}, 14},
         {"64-bit length top bit", {0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4}, 14},
+        {"64-bit length top bit, 16 bits used", {0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0x01, 0x00}, 10},
         {"reserved opcode 3", {0x83, 0x80, 1, 2, 3, 4}, 6},
+        {"reserved opcode 7", {0x87, 0x80, 1, 2, 3, 4}, 6},
         {"reserved control opcode 11", {0x8b, 0x80, 1, 2, 3, 4}, 6},
+        {"reserved control opcode 15", {0x8f, 0x80, 1, 2, 3, 4}, 6},
         {"rsv1 without extension", {0xc1, 0x80, 1, 2, 3, 4}, 6},
+        {"rsv2", {0xa2, 0x80, 1, 2, 3, 4}, 6},
         {"rsv3", {0x91, 0x80, 1, 2, 3, 4}, 6},
+        {"rsv on a ping", {0xc9, 0x80, 1, 2, 3, 4}, 6},
+        {"fragmented pong", {0x0a, 0x80, 1, 2, 3, 4}, 6},
         {"continuation first", {0x80, 0x80, 1, 2, 3, 4}, 6},
         {"text inside fragmented text", {0x01, 0x80, 1, 2, 3, 4, 0x81, 0x80, 1, 2, 3, 4}, 12},
+        {"binary inside fragmented text", {0x01, 0x80, 1, 2, 3, 4, 0x02, 0x80, 1, 2, 3, 4}, 12},
+        {"close with a 1-byte payload", {0x88, 0x81, 0, 0, 0, 0, 0x03}, 7},
         {"close code 1005", {0x88, 0x82, 0, 0, 0, 0, 0x03, 0xed}, 8},
         {"close code 999", {0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe7}, 8},
         {"close code 2000", {0x88, 0x82, 0, 0, 0, 0, 0x07, 0xd0}, 8},
@@ -272,19 +282,27 @@ static void test_protocol_errors(void **state) {
     }
 }
 
-/* A bad header split over feeds still gets 1002, not wslay's code-less Close. */
+/* A bad header split over feeds fails as soon as the bytes that make it bad are in (the length
+ * is judged once complete, before the masking key), with the right code. */
 static void test_bad_header_split(void **state) {
-    static const unsigned char bad[] = {0x82, 0xfe, 0x00, 0x05, 1, 2, 3, 4, 'a', 'b'};
+    static const unsigned char bad[] = {0x82, 0xfe, 0x04, 0x01, 1, 2, 3, 4, 'a', 'b'};
     static const unsigned char big[] = {0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4};
+    static const unsigned char unmasked[] = {0x81, 0x05};
     size_t i;
     fx_t f;
 
-    fx_init(&f, 1024);
+    fx_init(&f, 1024); /* 1025 bytes announced */
     for (i = 0; i < 3; i++)
         assert_int_equal(feed(&f, bad + i, 1), BH_OK);
     assert_int_equal(feed(&f, bad + 3, 1), BH_EPROTO);
-    assert_out(&f, CLOSE_1002, 4);
+    assert_out(&f, CLOSE_1009, 4);
     assert_true(bh_ws_finished(f.ws));
+    fx_free(&f);
+
+    fx_init(&f, 1024);
+    assert_int_equal(feed(&f, unmasked, 1), BH_OK);
+    assert_int_equal(feed(&f, unmasked + 1, 1), BH_EPROTO);
+    assert_out(&f, CLOSE_1002, 4);
     fx_free(&f);
 
     fx_init(&f, 1024);
@@ -296,7 +314,7 @@ static void test_bad_header_split(void **state) {
 }
 
 /* Frames before the bad one are still handled. The pong they asked for is dropped because a
- * Close is queued before the next flush (wslay sends nothing but the Close then). */
+ * Close is queued before the next flush (frames not yet begun give way to the Close). */
 static void test_good_then_bad(void **state) {
     static const unsigned char pong[] = {0x88, 0x02, 0x03, 0xea};
     bh_buf_t in;
@@ -920,6 +938,421 @@ static void test_client_close_handshake(void **state) {
     fx_free(&f);
 }
 
+/* ---- more framing: lengths, splits, masking, interleaving, UTF-8, memory ---- */
+
+/* Lengths need not use the shortest encoding (RFC 6455 asks that of senders only). */
+static void test_nonminimal_lengths(void **state) {
+    static const unsigned char k[4] = {0x37, 0xfa, 0x21, 0x3d};
+    unsigned char in[32 + 300];
+    size_t n = 0, i;
+    fx_t f;
+
+    /* "Hello" with a 16-bit length, then 256 bytes with a 64-bit length */
+    in[n++] = 0x81;
+    in[n++] = 0xfe;
+    in[n++] = 0;
+    in[n++] = 5;
+    memcpy(in + n, k, 4);
+    n += 4;
+    for (i = 0; i < 5; i++)
+        in[n++] = (unsigned char)("Hello"[i] ^ k[i % 4]);
+    in[n++] = 0x82;
+    in[n++] = 0xff;
+    memset(in + n, 0, 6);
+    n += 6;
+    in[n++] = 0x01;
+    in[n++] = 0x00;
+    memcpy(in + n, k, 4);
+    n += 4;
+    for (i = 0; i < 256; i++)
+        in[n++] = (unsigned char)(i ^ k[i % 4]);
+    fx_init(&f, 1024);
+    assert_int_equal(feed(&f, in, n), BH_OK);
+    assert_int_equal(f.count, 2);
+    assert_int_equal(f.len[0], 5);
+    assert_int_equal(f.len[1], 256);
+    assert_memory_equal(f.data.data, "Hello", 5);
+    for (i = 0; i < 256; i++)
+        assert_int_equal((unsigned char)f.data.data[5 + i], i);
+    fx_free(&f);
+}
+
+/* Control frames between fragments: answered in order, the message reassembled around them. */
+static void test_control_inside_fragments(void **state) {
+    static const unsigned char pongs[] = {0x8a, 0x01, '1', 0x8a, 0x01, '2'};
+    static const unsigned char echo[] = {0x88, 0x04, 0x03, 0xe8, 'o', 'k'};
+    bh_buf_t in;
+    size_t i;
+    fx_t f;
+
+    bh_buf_init(&in, 0);
+    frame(&in, 0, 0x1, "a", 1);
+    frame(&in, FIN, 0x9, "1", 1);
+    frame(&in, 0, 0x0, "", 0);
+    frame(&in, 0, 0x0, "b", 1);
+    frame(&in, FIN, 0xa, "x", 1);
+    frame(&in, FIN, 0x9, "2", 1);
+    frame(&in, FIN, 0x0, "c", 1);
+    for (i = 0; i < 2; i++) {
+        fx_init(&f, 1024);
+        if (i == 0) {
+            assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+        } else {
+            for (size_t k = 0; k < in.len; k++)
+                assert_int_equal(feed(&f, in.data + k, 1), BH_OK);
+        }
+        assert_int_equal(f.count, 1);
+        assert_int_equal(f.len[0], 3);
+        assert_memory_equal(f.data.data, "abc", 3);
+        assert_out(&f, pongs, sizeof(pongs));
+        fx_free(&f);
+    }
+
+    /* a Close in the middle of a message: the message never arrives, the rest is ignored */
+    bh_buf_reset(&in);
+    frame(&in, 0, 0x2, "ab", 2);
+    close_frame(&in, 1000, "ok");
+    frame(&in, FIN, 0x0, "c", 1);
+    fx_init(&f, 1024);
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    assert_int_equal(f.count, 0);
+    assert_int_equal(bh_ws_peer_close_code(f.ws), 1000);
+    assert_out(&f, echo, sizeof(echo));
+    assert_true(bh_ws_finished(f.ws));
+    fx_free(&f);
+    bh_buf_free(&in);
+}
+
+typedef struct {
+    int count;
+    bh_buf_t msgs, out;
+    int r;
+} result_t;
+
+static void result_free(result_t *r) {
+    bh_buf_free(&r->msgs);
+    bh_buf_free(&r->out);
+}
+
+/* Feed in[0..n) in two pieces cut at cut (n: in one piece). */
+static void run_split(const bh_buf_t *in, size_t n, size_t cut, result_t *res) {
+    fx_t f;
+
+    fx_init(&f, 1024);
+    res->r = feed(&f, in->data, cut);
+    if (res->r == BH_OK)
+        res->r = feed(&f, in->data + cut, n - cut);
+    assert_int_equal(bh_ws_flush(f.ws, &f.out), BH_OK);
+    res->count = f.count;
+    bh_buf_init(&res->msgs, 0);
+    bh_buf_init(&res->out, 0);
+    assert_int_equal(bh_buf_append(&res->msgs, f.data.data, f.data.len), BH_OK);
+    assert_int_equal(bh_buf_append(&res->out, f.out.data, f.out.len), BH_OK);
+    fx_free(&f);
+}
+
+/* Cut in two at every offset, the stream gives exactly what it gives whole; every prefix gives
+ * a prefix of that (no error, no message that is not complete). */
+static void test_every_split_and_prefix(void **state) {
+    unsigned char bin[300];
+    bh_buf_t in;
+    result_t whole;
+    size_t cut, i;
+
+    for (i = 0; i < sizeof(bin); i++)
+        bin[i] = (unsigned char)(i * 7);
+    bh_buf_init(&in, 0);
+    frame(&in, 0, 0x1, "caf\xc3", 4);
+    frame(&in, FIN, 0x9, "ping", 4);
+    frame(&in, FIN, 0x0, "\xa9!", 2);
+    frame(&in, FIN, 0x2, bin, sizeof(bin));
+    frame(&in, FIN, 0xa, "pong", 4);
+    frame(&in, FIN, 0x1, "", 0);
+    frame(&in, 0, 0x2, bin, 125);
+    frame(&in, FIN, 0x9, "", 0);
+    frame(&in, FIN, 0x0, bin, 126);
+    run_split(&in, in.len, in.len, &whole);
+    assert_int_equal(whole.r, BH_OK);
+    assert_int_equal(whole.count, 4);
+    assert_int_equal(whole.msgs.len, 6 + 300 + 0 + 251);
+    assert_memory_equal(whole.msgs.data, "caf\xc3\xa9!", 6);
+    assert_int_equal(whole.out.len, 6 + 2);
+    assert_memory_equal(whole.out.data, "\x8a\x04ping\x8a\x00", 8);
+    for (cut = 0; cut <= in.len; cut++) {
+        result_t split, prefix;
+        run_split(&in, in.len, cut, &split);
+        assert_int_equal(split.r, BH_OK);
+        assert_int_equal(split.count, whole.count);
+        assert_int_equal(split.msgs.len, whole.msgs.len);
+        assert_memory_equal(split.msgs.data, whole.msgs.data, whole.msgs.len);
+        assert_int_equal(split.out.len, whole.out.len);
+        assert_memory_equal(split.out.data, whole.out.data, whole.out.len);
+        run_split(&in, cut, cut, &prefix);
+        assert_int_equal(prefix.r, BH_OK);
+        assert_true(prefix.count <= whole.count);
+        assert_true(prefix.msgs.len <= whole.msgs.len);
+        if (prefix.msgs.len > 0)
+            assert_memory_equal(prefix.msgs.data, whole.msgs.data, prefix.msgs.len);
+        assert_true(prefix.out.len <= whole.out.len);
+        if (prefix.out.len > 0)
+            assert_memory_equal(prefix.out.data, whole.out.data, prefix.out.len);
+        result_free(&split);
+        result_free(&prefix);
+    }
+    result_free(&whole);
+    bh_buf_free(&in);
+}
+
+/* Client to server and back: whatever the size (7-bit, 16-bit and 64-bit lengths, lengths that
+ * are not a multiple of the 8-byte unmasking step) and however the bytes are cut. */
+static void test_mask_round_trip(void **state) {
+    static const size_t sizes[] = {0,   1,    3,    7,    8,     9,     125,  126,
+                                   127, 4095, 4096, 4097, 65535, 65536, 70001};
+    static const size_t chunks[] = {0, 1, 3, 4093};
+    char *payload = malloc(70001);
+    size_t i, c, j;
+
+    assert_non_null(payload);
+    for (i = 0; i < 70001; i++)
+        payload[i] = (char)('A' + (i * 31) % 57);
+    for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        for (c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+            size_t n = sizes[i], chunk = chunks[c];
+            int binary = (int)(i & 1);
+            fx_t cl, sv;
+            if (chunk == 1 && n > 5000)
+                continue; /* byte by byte: the small sizes are enough */
+            fx_init_client(&cl, 100000);
+            fx_init(&sv, 100000);
+            sv.echo = 1;
+            assert_int_equal(bh_ws_send(cl.ws, binary, payload, n), BH_OK);
+            flush(&cl);
+            assert_true(cl.out.len > n); /* masked: header, key, payload */
+            if (n >= 4)
+                assert_memory_not_equal(cl.out.data + cl.out.len - n, payload, n);
+            for (j = 0; j < cl.out.len; j += chunk ? chunk : cl.out.len)
+                assert_int_equal(feed(&sv, cl.out.data + j,
+                                      chunk && chunk < cl.out.len - j ? chunk : cl.out.len - j),
+                                 BH_OK);
+            assert_int_equal(sv.count, 1);
+            assert_int_equal(sv.binary[0], binary);
+            assert_int_equal(sv.len[0], n);
+            if (n > 0)
+                assert_memory_equal(sv.data.data, payload, n);
+            /* the server's echo, unmasked, back into the client */
+            flush(&sv);
+            assert_int_equal(sv.out.len, n + (n < 126 ? 2 : n < 65536 ? 4 : 10));
+            for (j = 0; j < sv.out.len; j += chunk ? chunk : sv.out.len)
+                assert_int_equal(feed(&cl, sv.out.data + j,
+                                      chunk && chunk < sv.out.len - j ? chunk : sv.out.len - j),
+                                 BH_OK);
+            assert_int_equal(cl.count, 1);
+            assert_int_equal(cl.len[0], n);
+            if (n > 0)
+                assert_memory_equal(cl.data.data, payload, n);
+            fx_free(&cl);
+            fx_free(&sv);
+        }
+    }
+    free(payload);
+}
+
+/* 64-bit lengths: exactly 65536, in a continuation frame, unmasked to a client byte by byte. */
+static void test_64bit_lengths(void **state) {
+    char *big = malloc(65536 + 10);
+    bh_buf_t in;
+    size_t i;
+    fx_t f;
+
+    assert_non_null(big);
+    memset(big, 'q', 65536 + 10);
+    bh_buf_init(&in, 0);
+    frame(&in, 0, 0x1, "x", 1);
+    frame(&in, FIN, 0x0, big, 65536);
+    assert_memory_equal(in.data + 7, "\x80\xff\x00\x00\x00\x00\x00\x01\x00\x00", 10);
+    fx_init(&f, 65537);
+    assert_int_equal(feed(&f, in.data, in.len), BH_OK);
+    assert_int_equal(f.count, 1);
+    assert_int_equal(f.len[0], 65537);
+    fx_free(&f);
+    /* one byte more than max_msg: refused at the header */
+    fx_init(&f, 65536);
+    assert_int_equal(feed(&f, in.data, 7 + 10), BH_EPROTO);
+    assert_out(&f, CLOSE_1009, 4);
+    fx_free(&f);
+
+    bh_buf_reset(&in);
+    frame_ex(&in, FIN, 0x2, 0, big, 65536 + 10);
+    fx_init_client(&f, 100000);
+    for (i = 0; i < in.len; i++)
+        assert_int_equal(feed(&f, in.data + i, 1), BH_OK);
+    assert_int_equal(f.count, 1);
+    assert_int_equal(f.len[0], 65536 + 10);
+    assert_memory_equal(f.data.data, big, 65536 + 10);
+    fx_free(&f);
+    bh_buf_free(&in);
+    free(big);
+}
+
+/* Each bad case with its code, including those only the way the input is cut could hide. */
+static void test_bad_cases_codes(void **state) {
+    bh_buf_t in;
+    fx_t f;
+    size_t i;
+
+    bh_buf_init(&in, 0);
+    /* bad UTF-8 in a first fragment fails at once, before the message ends */
+    frame(&in, 0, 0x1, "ok\xc0", 3);
+    expect_fail(in.data, in.len, 1024, CLOSE_1007);
+    /* ...and so does a bad byte arriving one at a time inside a frame */
+    fx_init(&f, 1024);
+    bh_buf_reset(&in);
+    frame(&in, FIN, 0x1,
+          "abc\xff"
+          "defgh",
+          8);
+    for (i = 0; i < 6 + 3; i++)
+        assert_int_equal(feed(&f, in.data + i, 1), BH_OK);
+    assert_int_equal(feed(&f, in.data + 9, 1), BH_EPROTO);
+    assert_out(&f, CLOSE_1007, 4);
+    fx_free(&f);
+    /* a text message ending inside a character, over two fragments */
+    bh_buf_reset(&in);
+    frame(&in, 0, 0x1, "\xe2\x82", 2);
+    frame(&in, FIN, 0x0, "", 0);
+    expect_fail(in.data, in.len, 1024, CLOSE_1007);
+    /* a Close reason that is bad UTF-8, byte by byte */
+    bh_buf_reset(&in);
+    frame(&in, FIN, 0x8, "\x03\xe8ok\xed\xa0\x80", 7);
+    fx_init(&f, 1024);
+    for (i = 0; i + 1 < in.len; i++)
+        assert_int_equal(feed(&f, in.data + i, 1), BH_OK);
+    assert_int_equal(feed(&f, in.data + i, 1), BH_EPROTO);
+    assert_out(&f, CLOSE_1007, 4);
+    assert_int_equal(bh_ws_peer_close_code(f.ws), 0);
+    fx_free(&f);
+    /* a ping longer than max_msg */
+    bh_buf_reset(&in);
+    frame(&in, FIN, 0x9, "12345", 5);
+    expect_fail(in.data, in.len, 4, CLOSE_1009);
+    /* a 16-bit length that is too big, in the second fragment */
+    bh_buf_reset(&in);
+    frame(&in, 0, 0x2, "abc", 3);
+    frame(&in, FIN, 0x0, "0123456789", 10);
+    expect_fail(in.data, in.len, 12, CLOSE_1009);
+    bh_buf_free(&in);
+}
+
+/* Text is judged exactly like bh_utf8_valid, received whole or fragmented at any byte, and sent. */
+static void test_utf8_like_bh_utf8_valid(void **state) {
+    static const unsigned char pieces[] = {0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf,
+                                           0xc0, 0xc1, 0xc2, 0xdf, 0xe0, 0xe1, 0xec, 0xed, 0xee,
+                                           0xef, 0xf0, 0xf1, 0xf3, 0xf4, 0xf5, 0xff};
+    uint32_t seed = 7;
+    int round;
+
+    for (round = 0; round < 4000; round++) {
+        unsigned char s[12];
+        size_t n = 1 + (size_t)round % sizeof(s), cut, i;
+        int valid;
+        bh_buf_t in;
+        fx_t f;
+
+        for (i = 0; i < n; i++) {
+            seed = seed * 1103515245u + 12345u;
+            s[i] = pieces[(seed >> 16) % sizeof(pieces)];
+        }
+        valid = bh_utf8_valid((const char *)s, n);
+        cut = (size_t)(seed >> 8) % (n + 1);
+        bh_buf_init(&in, 0);
+        if (round % 2) {
+            frame(&in, FIN, 0x1, s, n);
+        } else {
+            frame(&in, 0, 0x1, s, cut);
+            frame(&in, FIN, 0x0, s + cut, n - cut);
+        }
+        fx_init(&f, 1024);
+        /* sending checks the same way */
+        assert_int_equal(bh_ws_send(f.ws, 0, (const char *)s, n), valid ? BH_OK : BH_EINVAL);
+        assert_int_equal(bh_ws_flush(f.ws, &f.out), BH_OK);
+        bh_buf_reset(&f.out);
+        assert_int_equal(feed(&f, in.data, in.len), valid ? BH_OK : BH_EPROTO);
+        assert_int_equal(f.count, valid ? 1 : 0);
+        if (!valid)
+            assert_out(&f, CLOSE_1007, 4);
+        fx_free(&f);
+        bh_buf_free(&in);
+    }
+}
+
+/* A frame already partly flushed is finished before a Close queued after it; frames not yet
+ * begun are dropped. */
+static void test_close_after_partial_flush(void **state) {
+    char payload[200];
+    bh_buf_t small, rest;
+    fx_t f;
+
+    memset(payload, 'p', sizeof(payload));
+    bh_buf_init(&small, 50);
+    bh_buf_init(&rest, 0);
+    fx_init(&f, 1024);
+    assert_int_equal(bh_ws_send(f.ws, 1, payload, sizeof(payload)), BH_OK);
+    assert_int_equal(bh_ws_send(f.ws, 1, "dropped", 7), BH_OK);
+    assert_int_equal(bh_ws_flush(f.ws, &small), BH_ETOOBIG);
+    assert_int_equal(small.len, 50);
+    assert_int_equal(bh_ws_close(f.ws, 1000, "bye"), BH_OK);
+    assert_false(bh_ws_finished(f.ws));
+    assert_int_equal(bh_ws_flush(f.ws, &rest), BH_OK);
+    assert_int_equal(rest.len, 4 + 200 - 50 + 7);
+    assert_memory_equal(rest.data + rest.len - 7,
+                        "\x88\x05\x03\xe8"
+                        "bye",
+                        7);
+    assert_memory_equal(small.data, "\x82\x7e\x00\xc8", 4);
+    /* the peer answers: done */
+    bh_buf_reset(&small);
+    close_frame(&small, 1000, "");
+    assert_int_equal(feed(&f, small.data, small.len), BH_OK);
+    assert_true(bh_ws_finished(f.ws));
+    fx_free(&f);
+    bh_buf_free(&small);
+    bh_buf_free(&rest);
+}
+
+/* An idle session holds no heap memory beyond itself: buffers for a message in flight and for
+ * frames waiting to be flushed go once they are done with. (glibc's own counters; under ASan
+ * they do not move and the check is empty.) */
+static void test_idle_session_holds_nothing(void **state) {
+#ifdef __GLIBC__
+    bh_buf_t in, out;
+    size_t before, i;
+    bh_ws_t *ws;
+    char big[5000];
+
+    memset(big, 'b', sizeof(big));
+    bh_buf_init(&in, 0);
+    bh_buf_init(&out, 0);
+    frame(&in, 0, 0x1, "frag", 4);
+    frame(&in, FIN, 0x9, "ping", 4);
+    frame(&in, FIN, 0x0, "ment", 4);
+    frame(&in, FIN, 0x2, big, sizeof(big)); /* whole, but too big for the stack */
+    frame(&in, FIN, 0x1, big, 300);
+    assert_int_equal(bh_buf_reserve(&out, 1 << 16), BH_OK);
+    ws = bh_ws_server_new(NULL, NULL, 1 << 20);
+    assert_non_null(ws);
+    before = mallinfo2().uordblks;
+    for (i = 0; i < in.len; i += 7)
+        assert_int_equal(bh_ws_feed(ws, in.data + i, in.len - i < 7 ? in.len - i : 7), BH_OK);
+    assert_int_equal(bh_ws_feed(ws, in.data, in.len), BH_OK);
+    assert_int_equal(bh_ws_send(ws, 0, "reply", 5), BH_OK);
+    assert_int_equal(bh_ws_flush(ws, &out), BH_OK);
+    assert_int_equal(mallinfo2().uordblks, before);
+    bh_ws_free(ws);
+    bh_buf_free(&in);
+    bh_buf_free(&out);
+#endif
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_accept_key),
@@ -945,6 +1378,15 @@ int main(void) {
         cmocka_unit_test(test_client_server_frames),
         cmocka_unit_test(test_client_masked_from_server_is_1002),
         cmocka_unit_test(test_client_close_handshake),
+        cmocka_unit_test(test_nonminimal_lengths),
+        cmocka_unit_test(test_control_inside_fragments),
+        cmocka_unit_test(test_every_split_and_prefix),
+        cmocka_unit_test(test_mask_round_trip),
+        cmocka_unit_test(test_64bit_lengths),
+        cmocka_unit_test(test_bad_cases_codes),
+        cmocka_unit_test(test_utf8_like_bh_utf8_valid),
+        cmocka_unit_test(test_close_after_partial_flush),
+        cmocka_unit_test(test_idle_session_holds_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
