@@ -181,7 +181,7 @@ PREFIX ?= /usr/local
 CLIENT_VERSION := 0.1.0
 CLIENT_SONAME := libbalancehub.so.0
 CLIENT_SRC := $(sort $(wildcard src/client/*.c)) src/base/buf.c src/base/decimal.c \
-	src/base/error.c src/base/json.c src/ws/ws.c $(sort $(wildcard src/signalr/protocol.c \
+	src/base/error.c src/base/json.c src/base/spare.c src/ws/ws.c $(sort $(wildcard src/signalr/protocol.c \
 	src/signalr/msgpack*.c))
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/pic/%.o)
 CLIENT_LIBS := $(shell pkg-config --libs openssl msgpack 2>/dev/null) -lm

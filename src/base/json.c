@@ -2,7 +2,6 @@
  * an explicit stack (no recursion, so max_depth can be large) and never mallocs per node. */
 #include "base/json.h"
 
-#include <pthread.h>
 #include <stdalign.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -10,6 +9,7 @@
 
 #include "base/error.h"
 #include "base/hex.h"
+#include "base/spare.h"
 
 /* ---- arena ---------------------------------------------------------------------------------- */
 
@@ -33,51 +33,23 @@ struct bh_json_doc {
     bh_json_t *root;
 };
 
-/* One freed chunk of up to SPARE_MAX bytes is kept per thread and reused by the next parse, so
- * parsing a stream of hub messages allocates nothing once warm (bench/malloc_count.c shows it).
- * A thread's spare is freed when the thread exits (pthread key destructor). */
-#define SPARE_MAX ((size_t)16 << 10)
-static _Thread_local chunk_t *spare;
-static _Thread_local int spare_registered;
-static pthread_key_t spare_key;
-static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
-static int spare_key_ok;
-
-static void spare_destroy(void *unused) {
-    (void)unused;
-    free(spare);
-    spare = NULL;
-}
-
-static void spare_init(void) {
-    spare_key_ok = pthread_key_create(&spare_key, spare_destroy) == 0;
-}
-
-static void chunk_release(chunk_t *c) {
-    if (c->cap <= SPARE_MAX && (!spare || spare->cap < c->cap)) {
-        if (!spare_registered) {
-            pthread_once(&spare_once, spare_init);
-            spare_registered = spare_key_ok && pthread_setspecific(spare_key, &spare_key) == 0;
-        }
-        if (spare_registered) {
-            free(spare);
-            spare = c;
-            return;
-        }
-    }
-    free(c);
-}
-
+/* A freed chunk goes back to this thread's spare (base/spare.h) and serves the next parse, so
+ * parsing a stream of hub messages allocates nothing once warm (bench/malloc_count.c shows it). */
 static chunk_t *chunk_get(size_t cap) {
-    if (spare && spare->cap >= cap) {
-        chunk_t *c = spare;
-        spare = NULL;
+    size_t got;
+    chunk_t *c = bh_spare_take(BH_SPARE_JSON, sizeof(chunk_t) + cap, &got);
+    if (c) {
+        c->cap = got - sizeof(chunk_t);
         return c;
     }
-    chunk_t *c = malloc(sizeof(chunk_t) + cap);
+    c = malloc(sizeof(chunk_t) + cap);
     if (c)
         c->cap = cap;
     return c;
+}
+
+static void chunk_release(chunk_t *c) {
+    bh_spare_give(BH_SPARE_JSON, c, sizeof(chunk_t) + c->cap);
 }
 
 static void arena_free(arena_t *a) {

@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "../base/error.h"
+#include "../base/spare.h"
 
 /* Containers open at once, the message array included: the same limit as the JSON parser's, so
  * the transcoded text always parses. */
@@ -518,6 +519,10 @@ static int parse(const char *msg, size_t len, bh_json_doc_t **doc, bh_sr_msg_t *
     memset(out, 0, sizeof *out);
     *doc = NULL;
     bh_buf_init(&json, 0);
+    /* The transcoded text lives only during this call: this thread's spare block serves it. */
+    json.data = bh_spare_take(BH_SPARE_MSGPACK, len * 2 + 64, &json.cap);
+    if (json.data)
+        json.data[0] = 0;
     if (len == 0) {
         rc = bad(&r, "Message is empty.");
         goto fail;
@@ -549,14 +554,14 @@ static int parse(const char *msg, size_t len, bh_json_doc_t **doc, bh_sr_msg_t *
     if ((rc = bh_buf_appendc(&json, '}')))
         goto fail;
     rc = bh_sr_parse_message(json.data, json.len, doc, out, err);
-    bh_buf_free(&json);
+    bh_spare_give(BH_SPARE_MSGPACK, json.data, json.cap);
     return rc;
 fail:
     if (rc == BH_EINVAL)
         *err = r.err ? r.err : ERR_MALFORMED;
     else
         *err = bh_strerror(rc);
-    bh_buf_free(&json);
+    bh_spare_give(BH_SPARE_MSGPACK, json.data, json.cap);
     return rc;
 }
 

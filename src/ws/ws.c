@@ -13,6 +13,7 @@
 #include <openssl/rand.h>
 
 #include "../base/error.h"
+#include "../base/spare.h"
 
 enum {
     OP_CONT = 0x0,
@@ -201,6 +202,12 @@ static int pend_reserve(bh_ws_t *ws, size_t extra) {
     }
     if (ws->pend_len + extra <= ws->pend_cap)
         return BH_OK;
+    if (ws->pend == NULL) {
+        /* this thread's emptied buffer from an earlier flush, if it is big enough */
+        ws->pend = bh_spare_take(BH_SPARE_WS, extra, &ws->pend_cap);
+        if (ws->pend != NULL)
+            return BH_OK;
+    }
     cap = ws->pend_cap * 2;
     if (cap < ws->pend_len + extra)
         cap = ws->pend_len + extra;
@@ -327,10 +334,11 @@ int bh_ws_flush(bh_ws_t *ws, bh_buf_t *out) {
             return r;
     }
     if (n == avail) {
-        /* all out: the storage goes too, so that an idle session holds none */
+        /* all out: the storage goes too (to this thread's spare, for the next session that
+         * sends), so that an idle session holds none and steady traffic allocates nothing */
         if (ws->flags & F_CLOSE_IN_PEND)
             ws->flags |= F_CLOSE_SENT;
-        free(ws->pend);
+        bh_spare_give(BH_SPARE_WS, ws->pend, ws->pend_cap);
         ws->pend = NULL;
         ws->pend_off = ws->pend_len = ws->pend_cap = ws->pend_head = 0;
         return BH_OK;
