@@ -99,16 +99,23 @@ $(BUILD)/bench/floor: bench/floor.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< -lm
 
+# The heap profile's allocation counter, preloaded into balancehub (LD_PRELOAD) by bench/run.
+$(BUILD)/bench/malloc_count.so: bench/malloc_count.c
+	@mkdir -p $(dir $@)
+	$(CC) -shared -fPIC -O2 $(WARN) -o $@ $<
+
 # bench/report.md: GetBalances vs the TCP floor, throughput on 1 and all cores, idle connections,
-# the Node peers (npm ws, socket.io), the durable ledger; ~5 minutes. bench-smoke: a few seconds,
-# checks only that every part produced numbers (never a timed assertion); `make test` runs it.
+# the Node peers (npm ws, socket.io), the durable ledger, a heap profile (allocations per request);
+# ~5 minutes. bench-smoke: a few seconds, checks only that every part produced numbers (never a
+# timed assertion); `make test` runs it.
 BENCH_ENV = BALANCEHUB_BIN=$(abspath $(BIN)) FLOOR_BIN=$(abspath $(BUILD)/bench/floor) \
-	LEDGER_BENCH=$(abspath $(BUILD)/bench/ledger_bench) BENCH_DATA_PARENT=$(abspath $(BUILD))/bench
+	LEDGER_BENCH=$(abspath $(BUILD)/bench/ledger_bench) BENCH_DATA_PARENT=$(abspath $(BUILD))/bench \
+	MALLOC_COUNT_SO=$(abspath $(BUILD)/bench/malloc_count.so)
 .PHONY: bench-smoke
-bench: $(BIN) $(BUILD)/bench/ledger_bench $(BUILD)/bench/floor
+bench: $(BIN) $(BUILD)/bench/ledger_bench $(BUILD)/bench/floor $(BUILD)/bench/malloc_count.so
 	$(BENCH_ENV) bench/run
 
-bench-smoke: $(BIN) $(BUILD)/bench/floor
+bench-smoke: $(BIN) $(BUILD)/bench/floor $(BUILD)/bench/malloc_count.so
 	$(BENCH_ENV) bench/run --smoke --out $(abspath $(BUILD))/bench/smoke-report.md >/dev/null
 
 # Fuzzing (tests/fuzz, one harness per codec). `make fuzz` builds the harnesses with clang and

@@ -1,16 +1,19 @@
 // The benchmark behind `make bench` (bench/run is its entry point): balancehub's GetBalances round
 // trip against the loopback TCP floor (bench/floor.c), its throughput on one core and on all cores,
 // idle-connection memory, the Node peers (a `ws` server driven by the same C load generator, and
-// Socket.IO driven by socket.io-client), and the durable ledger (bench/ledger_bench.c). Everything
-// is measured in this one run; ratios are taken between numbers of the same run. Every child
-// process runs under a deadline and is stopped by pid.
+// Socket.IO driven by socket.io-client), the durable ledger (bench/ledger_bench.c), and a heap
+// profile (bench/malloc_count.c preloaded: allocations per request). Everything is measured in
+// this one run; ratios are taken between numbers of the same run. Every child process runs under
+// a deadline and is stopped by pid.
 //
 //   bench/run            the full run (~5 min), writes bench/report.md
-//   bench/run --smoke    a few seconds: floor, one rr run, one ws-peer run, a tiny idle run;
-//                        checks that each produced numbers; prints the report (--out FILE too)
+//   bench/run --smoke    a few seconds: floor, one rr run, one ws-peer run, a tiny idle run, a
+//                        tiny heap profile; checks that each produced numbers; prints the report
+//                        (--out FILE too)
 //
-// Environment: BALANCEHUB_BIN, FLOOR_BIN, LEDGER_BENCH (binaries; default build/...),
-// BENCH_DURATION_S (3), BENCH_WARMUP_S (0.5), BENCH_PIPELINE (32), BENCH_IDLE (10000,100000),
+// Environment: BALANCEHUB_BIN, FLOOR_BIN, LEDGER_BENCH, MALLOC_COUNT_SO (binaries and the heap
+// profile's preload library; default build/...), BENCH_DURATION_S (3), BENCH_WARMUP_S (0.5),
+// BENCH_PIPELINE (32), BENCH_IDLE (10000,100000),
 // BENCH_DATA_PARENT (the ledger's data directory goes there; default build/bench, on the disk of
 // the checkout: fsync on tmpfs would prove nothing).
 import { spawn, execFileSync } from 'node:child_process';
@@ -40,6 +43,7 @@ const env = process.env;
 const BIN = env.BALANCEHUB_BIN || path.join(ROOT, 'build', 'balancehub');
 const FLOOR = env.FLOOR_BIN || path.join(ROOT, 'build', 'bench', 'floor');
 const LEDGER = env.LEDGER_BENCH || path.join(ROOT, 'build', 'bench', 'ledger_bench');
+const MALLOC_SO = env.MALLOC_COUNT_SO || path.join(ROOT, 'build', 'bench', 'malloc_count.so');
 const DUR = Number(env.BENCH_DURATION_S || (SMOKE ? 0.5 : 3));
 const WARM = Number(env.BENCH_WARMUP_S || (SMOKE ? 0.2 : 0.5));
 const PIPE = Number(env.BENCH_PIPELINE || 32);
@@ -64,7 +68,7 @@ const NOFILE_NOTE = NOFILE < NOFILE_WANT
   ? `the open-file limit could not be raised to ${NOFILE_WANT} (hard limit ${NOFILE_HARD}; \`prlimit\` refused: no CAP_SYS_RESOURCE), so every process had ${NOFILE}`
   : `every process had an open-file limit of ${NOFILE}`;
 
-for (const [what, p] of [['balancehub', BIN], ['floor', FLOOR], ...(SMOKE ? [] : [['ledger_bench', LEDGER]])]) {
+for (const [what, p] of [['balancehub', BIN], ['floor', FLOOR], ['malloc_count.so', MALLOC_SO], ...(SMOKE ? [] : [['ledger_bench', LEDGER]])]) {
   if (!existsSync(p)) {
     console.error(`bench/run: ${what} binary not found at ${p} (make bench builds it)`);
     process.exit(1);
@@ -134,9 +138,9 @@ function wrap(cmd, args, cpu) {
   return ['prlimit', [...pre, cmd, ...args]];
 }
 
-function startProc(name, cmd, args, { cpu = null, readyRe, timeoutMs = 15000 } = {}) {
+function startProc(name, cmd, args, { cpu = null, readyRe, timeoutMs = 15000, extraEnv = null } = {}) {
   const [c, a] = wrap(cmd, args, cpu);
-  const p = spawn(c, a, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const p = spawn(c, a, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: extraEnv ? { ...env, ...extraEnv } : env });
   children.add(p);
   const s = { name, proc: p, pid: p.pid, out: '', err: '', exited: null };
   p.stdout.on('data', (d) => { s.out += d; });
@@ -236,7 +240,7 @@ const serveHelp = execFileSync(BIN, ['serve', '--help']).toString();
 if (!/--connections/.test(benchHelp)) fail(`${BIN} has no working \`bench\` command yet`);
 
 // Each balancehub gets a fresh data directory (several may run at once); --demo makes the key.
-async function startBalancehub(name, { cpu = null, threads = null } = {}) {
+async function startBalancehub(name, { cpu = null, threads = null, extraEnv = null } = {}) {
   const data = path.join(WORK, `data${++serverCount}`);
   mkdirSync(data);
   const args = ['serve', '--demo', '--data', data, '--listen', '127.0.0.1:0', '--max-connections-per-key', '1000000',
@@ -244,7 +248,7 @@ async function startBalancehub(name, { cpu = null, threads = null } = {}) {
   if (/--admin-listen/.test(serveHelp)) args.push('--admin-listen', 'off');
   if (/--log-level/.test(serveHelp)) args.push('--log-level', 'warn');
   if (threads && /--threads/.test(serveHelp)) args.push('--threads', String(threads));
-  const s = await startProc(name, BIN, args, { cpu, readyRe: /listening on (http:\/\/127\.0\.0\.1:\d+)/ });
+  const s = await startProc(name, BIN, args, { cpu, extraEnv, readyRe: /listening on (http:\/\/127\.0\.0\.1:\d+)/ });
   s.url = s.match[1];
   s.keyFile = path.join(data, 'demo-api-key');
   return s;
@@ -285,6 +289,8 @@ const fmtUs = (x) => (x == null || Number.isNaN(x) ? '—' : x >= 1000 ? `${(x /
 const fmtX = (x) => (x == null || !Number.isFinite(x) ? '—' : x >= 10 ? `${x.toFixed(0)}×` : `${x.toFixed(2)}×`);
 const fmtRange = (r) => (r && r.spread && r.rounds > 1 ? `${fmtRps(r.spread[0])}–${fmtRps(r.spread[1])}` : '—');
 const fmtS = (x) => (x == null || !Number.isFinite(x) ? '—' : Math.max(0, x).toFixed(2));
+const fmtSmall = (x) => (x == null || !Number.isFinite(x) ? '—' : x === 0 ? '0' : Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) < 1e-4 ? x.toExponential(1) : x.toPrecision(2));
+const fmtN = (x) => (Number.isFinite(x) ? x.toLocaleString('en-US') : '—');
 const perCpu = (run) => (run.serverCpuS > 0 ? run.res.completed / run.serverCpuS : NaN);
 const yes = (c) => (c ? 'yes' : '**no**');
 const errStr = (e) => {
@@ -363,6 +369,104 @@ async function idleRun(n) {
   return out;
 }
 
+// Heap profile: a fresh release balancehub per protocol with bench/malloc_count.so preloaded,
+// which appends the process's running malloc/calloc/realloc/free/bytes totals to a file on
+// SIGUSR2. A warm-up run first (the server's one-time allocations), then a short and a long
+// measured window with a snapshot around each (the long one is the figure; long minus short shows
+// what an extra request costs, without the set-up of the windows' own connections), then N idle
+// connections with a snapshot before and once all are up: the set-up of one connection.
+const HEAP_C = 16, HEAP_D = 8;
+const HEAP_WARM_S = SMOKE ? 0.3 : 1, HEAP_SHORT_S = SMOKE ? 0.2 : 1, HEAP_LONG_S = SMOKE ? 0.5 : 3;
+const HEAP_IDLE = SMOKE ? 20 : 1000;
+const allocsIn = (a, b) => ['malloc', 'calloc', 'realloc'].reduce((n, k) => n + b[k] - a[k], 0);
+// ASan must come first in the preload order: a sanitizer build cannot be profiled this way.
+const BIN_ASAN = (() => {
+  try { return /libasan/.test(execFileSync('ldd', [BIN], { stdio: ['ignore', 'pipe', 'ignore'] }).toString()); } catch { return false; }
+})();
+
+// SIGUSR2 to the server, then the totals line it appends (null if none within 5 s).
+async function heapSnap(server, file) {
+  const lines = () => (existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean) : []);
+  const n = lines().length;
+  if (server.exited) return null;
+  process.kill(server.pid, 'SIGUSR2');
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    const l = lines();
+    if (l.length > n) return JSON.parse(l[n]);
+    await sleep(10);
+  }
+  return null;
+}
+
+async function heapRun(protocol) {
+  const out = { protocol, ok: false };
+  if (BIN_ASAN) {
+    out.skipped = `${BIN} is built with AddressSanitizer, which cannot run under another LD_PRELOAD malloc`;
+    log(`heap profile ${protocol}: not run: ${out.skipped}`);
+    return out;
+  }
+  const file = path.join(WORK, `malloc-count-${protocol}.jsonl`);
+  const server = await startBalancehub(`balancehub (heap profile, ${protocol})`, { extraEnv: { LD_PRELOAD: MALLOC_SO, BH_MALLOC_COUNT_FILE: file } });
+  const proto = ['--protocol', protocol];
+  const rrWindow = async (what, secs) => {
+    // no client warm-up: every request the server answers falls between the two snapshots
+    const r = await runClient(BIN, benchArgs(server, { connections: HEAP_C, pipeline: HEAP_D, duration: secs, warmup: 0, extra: proto }), { serverPid: server.pid, timeoutMs: secs * 1000 + 60000 });
+    check(r, `heap profile ${protocol} ${what}`);
+    await sleep(200); // the server's side of the closes
+    return r.res;
+  };
+  try {
+    // without the counter loaded, SIGUSR2 would end the server
+    let maps = '';
+    try { maps = readFileSync(`/proc/${server.pid}/maps`, 'utf8'); } catch { /* gone */ }
+    if (!maps.includes(path.basename(MALLOC_SO))) throw new Error(`${MALLOC_SO} is not loaded in the server`);
+    const sw = await heapSnap(server, file);
+    const warm = await rrWindow('warm-up', HEAP_WARM_S);
+    const s0 = await heapSnap(server, file);
+    if (sw && s0) out.warm = { n: warm.completed, allocs: allocsIn(sw, s0) };
+    const short = await rrWindow('short window', HEAP_SHORT_S);
+    const s1 = await heapSnap(server, file);
+    const long = await rrWindow('window', HEAP_LONG_S);
+    const s2 = await heapSnap(server, file);
+    if (!s0 || !s1 || !s2) throw new Error('no totals from the server on SIGUSR2');
+    out.short = { n: short.completed, allocs: allocsIn(s0, s1), bytes: s1.bytes - s0.bytes };
+    out.long = { n: long.completed, allocs: allocsIn(s1, s2), bytes: s2.bytes - s1.bytes, frees: s2.free - s1.free, d: s1, e: s2 };
+    out.perReq = out.long.allocs / out.long.n;
+    out.bytesPerReq = out.long.bytes / out.long.n;
+    out.marginal = (out.long.allocs - out.short.allocs) / (out.long.n - out.short.n);
+
+    const hold = path.join(WORK, `heap-hold-${protocol}`);
+    let s3 = null;
+    const r = await runClient(BIN, benchArgs(server, {
+      connections: HEAP_IDLE, mode: 'idle', duration: SMOKE ? 0.5 : 1, warmup: 0, extra: [...proto, '--hold-file', hold],
+    }), {
+      timeoutMs: 90000,
+      onTick: async () => {
+        if (!s3 && existsSync(hold)) {
+          await sleep(200); // let the last handshakes settle
+          s3 = await heapSnap(server, file);
+        }
+      },
+    });
+    if (!s3 || !r.res || !(r.res.connected > 0)) throw new Error(`idle ${HEAP_IDLE}: ${s3 ? 'no result' : 'no totals once all were up'} (${describe(r)})`);
+    out.idle = { n: r.res.connected, allocs: allocsIn(s2, s3), bytes: s3.bytes - s2.bytes };
+    out.perConn = out.idle.allocs / out.idle.n;
+    out.bytesPerConn = out.idle.bytes / out.idle.n;
+    out.ok = [out.perReq, out.bytesPerReq, out.marginal, out.perConn].every(Number.isFinite) && out.long.n > 0;
+    if (!out.ok) throw new Error('no numbers');
+    log(`heap profile ${protocol}: ${out.long.allocs} allocations for ${out.long.n} requests = ${fmtSmall(out.perReq)} per request ` +
+      `(${fmtSmall(out.bytesPerReq)} B), ${fmtSmall(out.marginal)} per extra request; connection set-up ${fmtSmall(out.perConn)} allocations`);
+  } catch (e) {
+    out.ok = false;
+    out.err = e.message;
+    problems.push(`heap profile ${protocol}: ${e.message}`);
+  } finally {
+    out.exit = await stopProc(server);
+  }
+  return out;
+}
+
 async function main() {
   log(`work dir ${WORK}; ${DUR} s windows after ${WARM} s warm-up${SMOKE ? ' (smoke)' : ''}`);
   const pinned = NCPU >= 2; // server on CPU 0, client on CPU 1
@@ -387,6 +491,7 @@ async function main() {
     R.ws = await rr(ws, 'ws peer rr 4×4', { connections: 4, pipeline: 4 });
     await stopProc(ws);
     R.idle = [await idleRun(IDLE[0])];
+    R.heap = [await heapRun('json'), await heapRun('messagepack')];
     return smokeReport(cap);
   }
 
@@ -455,6 +560,9 @@ async function main() {
     const fits = Math.floor((NOFILE - 1000) / 1000) * 1000;
     if (r.skipped && fits > Math.max(...IDLE.filter((m) => m < n), 0)) R.idle.push(await idleRun(fits));
   }
+
+  // --- heap profile (allocation counts do not depend on timing: any slot in the run will do)
+  R.heap = [await heapRun('json'), await heapRun('messagepack')];
 
   // --- 7. the durable ledger (its own server: admin API on, data on disk)
   R.ledger = await ledgerRun();
@@ -532,7 +640,49 @@ function smokeReport(cap) {
     : `Idle: **failed** (${idle.n} connections).`);
   if (R.server !== 'exit status 0') problems.push(`balancehub shutdown: ${R.server}`);
   if (idle.ok && !(idle.held.rss > 0 && idle.rss0 > 0)) problems.push('idle: no VmRSS numbers');
+  lines.push('', ...heapLines());
+  for (const h of R.heap) if (!h.skipped && h.exit !== 'exit status 0') problems.push(`balancehub (heap profile, ${h.protocol}) shutdown: ${h.exit}`);
   return lines;
+}
+
+// The heap-profile section (the full and the smoke report alike).
+function heapLines() {
+  const L = ['## Heap profile: allocations per request', '',
+    'bench/malloc_count.c, preloaded (`LD_PRELOAD`) into a release balancehub (the options of the other balancehub runs: raised limits, `--admin-listen off`; all cores; a fresh server per protocol), ' +
+    'counts every malloc, calloc and realloc call of the whole process (all threads) and the bytes they ask for; on SIGUSR2 the server appends the running totals to a file. ' +
+    '**A request is one GetBalances invocation in and its `executionEvents` event and Completion out.** Per protocol (`balancehub bench --mode rr --protocol json|messagepack`):', '',
+    `1. warm-up: ${HEAP_C} connections × ${HEAP_D} in flight, ${HEAP_WARM_S} s. It takes the server's one-time allocations (per-thread spare blocks and other buffers made on first use) ` +
+    `out of the measured windows: the warm-up run itself counted ${R.heap.map((h) => `${h.protocol === 'json' ? 'JSON' : 'MessagePack'} ${h.warm ? `${fmtN(h.warm.allocs)} allocations for ${fmtN(h.warm.n)} requests` : '—'}`).join(', ')};`,
+    `2. SIGUSR2, a short window (${HEAP_C} × ${HEAP_D}, ${HEAP_SHORT_S} s), SIGUSR2, the measured window (${HEAP_C} × ${HEAP_D}, ${HEAP_LONG_S} s), SIGUSR2. ` +
+    'No client warm-up in these runs, so every request the server answers falls between the two snapshots; requests = those the load generator counted ' +
+    `(the few answered before its window opened or in flight at its end are not counted, which errs high). **Allocations per request** = (malloc + calloc + realloc) in the measured window / its requests. ` +
+    `Each window opens its own ${HEAP_C} connections, so their set-up is in the window too: the figure is an upper bound on the per-message cost. ` +
+    '**Per extra request** = (allocations of the measured window − of the short one) / (requests of the measured window − of the short one): the same set-up cancels out, and 0 means nothing is allocated per message;',
+    `3. connection set-up: a \`--mode idle\` run opens ${HEAP_IDLE} connections (WebSocket upgrade, SignalR handshake, one subscribing GetBalances each) on the same server, ` +
+    'SIGUSR2 before it and once all are up; per connection = the difference / the connections. It runs after the windows, so it is in none of them.', '',
+    '| protocol | requests in the measured window | allocations in it (malloc + calloc + realloc) | frees | allocations per request | bytes per request | short window: requests, allocations | per extra request | connection set-up, per connection |',
+    '|---|---|---|---|---|---|---|---|---|'];
+  const name = (h) => (h.protocol === 'json' ? 'JSON' : 'MessagePack');
+  for (const h of R.heap) {
+    if (h.skipped) {
+      L.push(`| ${name(h)} | **not run**: ${h.skipped} | | | | | | | |`);
+      continue;
+    }
+    const lg = h.long;
+    const split = lg ? ` (${lg.e.malloc - lg.d.malloc} + ${lg.e.calloc - lg.d.calloc} + ${lg.e.realloc - lg.d.realloc})` : '';
+    L.push(`| ${name(h)} | ${fmtN(lg?.n)} in ${HEAP_LONG_S} s | ${fmtN(lg?.allocs)}${split} | ${fmtN(lg?.frees)} | **${fmtSmall(h.perReq)}** | ${fmtSmall(h.bytesPerReq)} B | ` +
+      `${h.short ? `${fmtN(h.short.n)}, ${fmtN(h.short.allocs)}` : '—'} | ${fmtSmall(h.marginal)} | ` +
+      `${h.idle ? `${fmtSmall(h.perConn)} allocations, ${(h.bytesPerConn / 1024).toFixed(1)} KiB (${fmtN(h.idle.n)} connections)` : '—'} |`);
+  }
+  const done = R.heap.filter((h) => h.long);
+  if (done.length) {
+    L.push('', `Allocations in the measured window per connection it opened (/ ${HEAP_C}): ` +
+      done.map((h) => `${name(h)} ${fmtSmall(h.long.allocs / HEAP_C)}`).join(', ') + '.');
+  }
+  const bad = R.heap.filter((h) => !h.ok && !h.skipped);
+  if (bad.length) L.push('', ...bad.map((h) => `**${name(h)} failed**: ${(h.err || '').replace(/\n/g, ' / ').slice(0, 400)}`));
+  L.push('');
+  return L;
 }
 
 function fullReport(cap) {
@@ -578,6 +728,9 @@ function fullReport(cap) {
     `| ≥ 500,000 GetBalances/s per core with pipelining (per server CPU second, server on 1 core) | ${fmtRps(perCore)}/s (${bestPinPipe ? `${bestPinPipe.connections}×${bestPinPipe.pipeline}` : '—'}) | ${yes(perCore >= 500000)} |`,
     `| ≤ 4 KiB of server memory per idle connection (VmRSS) | ${R.idle.map((i) => `${i.n}: ${i.ok ? `${(perConn(i) / 1024).toFixed(2)} KiB` : i.skipped ? 'not run' : 'failed'}`).join('; ')} | ${idleMet} |`,
     `| 100,000 concurrent connections | ${idle100 ? (idle100.ok ? `${idle100.res.connected} held` : idle100.skipped ? `not measured: ${NOFILE_NOTE}${R.idle.filter((i) => i.ok).map((i) => `; ${i.res.connected} held`).pop() || ''}` : `**failed**: ${idle100.res ? `${idle100.res.connected} connected` : 'no result'}`) : 'not run'} | ${yes(idle100 && idle100.ok && idle100.res.connected >= 100000)} |`,
+    `| no per-message malloc on the hot path (heap profile: allocations per GetBalances request, ${HEAP_C} × ${HEAP_D} after a warm-up; met when < 0.01) | ` +
+    `${R.heap.map((h) => `${h.protocol === 'json' ? 'JSON' : 'MessagePack'} ${h.ok ? `${fmtSmall(h.perReq)} (per extra request ${fmtSmall(h.marginal)})` : h.skipped ? 'not run' : 'failed'}`).join('; ')} | ` +
+    `${yes(R.heap.length && R.heap.every((h) => h.ok && h.perReq < 0.01))} |`,
     '');
 
   // --- floor and round trip
@@ -656,6 +809,8 @@ function fullReport(cap) {
   }
   L.push('');
 
+  L.push(...heapLines());
+
   // --- ledger
   L.push('## Durable ledger and update fan-out', '');
   const g = R.ledger.kv || {};
@@ -679,7 +834,8 @@ function fullReport(cap) {
   }
 
   // --- how
-  const exits = [...Object.entries(R.exits), ...R.idle.map((i) => [`balancehub (idle ${i.n})`, i.exit])].filter(([, e]) => e);
+  const exits = [...Object.entries(R.exits), ...R.idle.map((i) => [`balancehub (idle ${i.n})`, i.exit]),
+    ...R.heap.map((h) => [`balancehub (heap profile, ${h.protocol})`, h.exit])].filter(([, e]) => e);
   L.push('## How it was measured', '',
     '- balancehub: `serve --demo --max-connections-per-key 1000000 --rate-limit 1000000000 --rate-burst 1000000000 --max-connections 1000000 --admin-listen off --log-level warn` ' +
     '(`--threads 1` when pinned, where supported), release build, fresh data directory; the load generator is `balancehub bench` ' +
