@@ -42,6 +42,10 @@ static const metric_def_t defs[BH_M_COUNT] = {
                         "Bytes handed to the socket for clients (plaintext with TLS).", NULL},
     [BH_M_TLS_HANDSHAKE_ERR] = {"bh_tls_handshake_failures_total", "counter",
                                 "TLS handshakes that failed or did not finish in time.", NULL},
+    [BH_M_MIGRATIONS] = {"bh_connection_migrations_total", "counter",
+                         "Connections moved to another I/O thread before their request was "
+                         "handled.",
+                         NULL},
     [BH_M_HTTP_REQUESTS] = {"bh_http_requests_total", "counter",
                             "HTTP requests handled or refused by the HTTP layer.", NULL},
     [BH_M_CONN_WS_JSON] = {HUB_CONN, "transport=\"websockets\",protocol=\"json\""},

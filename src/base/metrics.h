@@ -16,6 +16,7 @@ typedef enum {
     BH_M_BYTES_IN,          /* counter bh_bytes_received_total (plaintext with TLS) */
     BH_M_BYTES_OUT,         /* counter bh_bytes_sent_total (plaintext with TLS) */
     BH_M_TLS_HANDSHAKE_ERR, /* counter bh_tls_handshake_failures_total */
+    BH_M_MIGRATIONS,        /* counter bh_connection_migrations_total (between I/O threads) */
     /* http */
     BH_M_HTTP_REQUESTS, /* counter bh_http_requests_total */
     /* signalr: hub connections by transport and protocol (gauge bh_hub_connections) */

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../base/error.h"
 #include "../base/log.h"
@@ -27,7 +28,10 @@ typedef enum {
     T_FORMAT,   /* log format */
 } type_t;
 
-enum { NOT_IN_FILE = 1 };
+enum {
+    NOT_IN_FILE = 1,
+    DEFAULT_CPUS = 2, /* the default is the number of online CPUs, within [min, max] */
+};
 
 typedef struct {
     const char *name;
@@ -43,6 +47,7 @@ typedef struct {
 #define MS_MAX 4294967295u /* about 49 days */
 #define BYTES_MAX (1u << 30)
 #define COUNT_MAX 1000000000u
+#define THREADS_MAX 64
 
 static const opt_t opts[BH_CFG_COUNT] = {
     [BH_CFG_CONFIG] = {"config", T_STR, NULL, "none", 0, 0, "FILE",
@@ -74,6 +79,11 @@ static const opt_t opts[BH_CFG_COUNT] = {
                      "create the demo user user-123 and its API key if absent; the key is\n"
                      "written to DIR/demo-api-key and printed (--demo=false to override)",
                      0},
+    [BH_CFG_THREADS] = {"threads", T_UINT, NULL, "number of CPUs", 1, THREADS_MAX, "N",
+                        "I/O threads, each with its own event loop and listener on --listen\n"
+                        "(SO_REUSEPORT); the ledger and the operations listener run on the\n"
+                        "main thread",
+                        DEFAULT_CPUS},
     [BH_CFG_HUB_PATH] = {"hub-path", T_PATH, "/ExecutionLiveServer/v1", NULL, 0, 0, "PATH",
                          "URL path of the SignalR hub", 0},
     [BH_CFG_KEEPALIVE_MS] = {"keepalive-ms", T_UINT, "15000", NULL, 1, MS_MAX, "N",
@@ -399,6 +409,18 @@ static void read_env(bh_config_t *c, errs_t *e) {
     }
 }
 
+/* The number of online CPUs, clamped to o's range. */
+static void cpus_default(const opt_t *o, bh_cfg_value_t *v) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    uint64_t u = n < 1 ? 1 : (uint64_t)n;
+    if (u < o->min)
+        u = o->min;
+    if (u > o->max)
+        u = o->max;
+    snprintf(v->computed, sizeof v->computed, "%llu", (unsigned long long)u);
+    v->value = v->computed;
+}
+
 /* Pick every option's winner (flag > env > file > default) and parse it. */
 static void resolve(bh_config_t *c) {
     char problem[256];
@@ -416,6 +438,8 @@ static void resolve(bh_config_t *c) {
         } else {
             v->value = opts[i].def;
             v->source = BH_CFG_SRC_DEFAULT;
+            if (opts[i].flags & DEFAULT_CPUS)
+                cpus_default(&opts[i], v);
         }
         v->u = 0;
         v->f = 0;

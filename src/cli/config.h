@@ -19,6 +19,7 @@ enum {
     BH_CFG_DATA,
     BH_CFG_STORE,
     BH_CFG_DEMO,
+    BH_CFG_THREADS,
     BH_CFG_HUB_PATH,
     BH_CFG_KEEPALIVE_MS,
     BH_CFG_CLIENT_TIMEOUT_MS,
@@ -56,6 +57,7 @@ typedef struct {
     int source;        /* BH_CFG_SRC_* of value */
     uint64_t u;        /* parsed whole numbers (and 0/1 for booleans, the level or format) */
     double f;          /* parsed decimal numbers */
+    char computed[24]; /* the text of a default computed at start-up (threads) */
 } bh_cfg_value_t;
 
 typedef struct {

@@ -1,11 +1,14 @@
 /* balancehub serve: resolves the options (config.c), opens the store and ledger, creates the
- * demo account on request, and runs two listeners on one loop until SIGINT or SIGTERM: the
- * main one (hub, tester page, /healthz, /readyz) and the operations one (/admin/, /metrics,
- * /healthz, /readyz). SIGHUP re-reads the log settings and reloads the TLS certificate. */
+ * demo account on request, then runs N I/O threads (--threads), each with its own loop, a
+ * SO_REUSEPORT listener on --listen (hub, tester page, /healthz, /readyz), a SignalR server and
+ * a hub; the main thread keeps the ledger, the operations listener (/admin/, /metrics, /healthz,
+ * /readyz) and the signals: SIGINT/SIGTERM drain and stop, SIGHUP re-reads the log settings and
+ * reloads the TLS certificate on every I/O thread. */
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,20 +29,48 @@
 #define DEMO_USER "user-123"
 #define SHUTDOWN_GRACE_MS 500
 
+typedef struct server server_t;
+
+/* One I/O thread: its loop, listener, SignalR server and hub. Built and run on the thread;
+ * freed by the main thread after it joined. */
 typedef struct {
+    server_t *srv;
+    uv_thread_t tid;
+    int joinable;
+    int loop_ok;
+    uv_loop_t loop;
+    bh_httpd_t *httpd;
+    bh_sr_server_t *sr;
+    bh_hub_t *hub;
+    int in_group;
+    char listen[300]; /* --listen, with the port thread 0 bound for the others */
+    int port;         /* the bound port */
+    int rc;           /* the set-up's result */
+    char err[256];
+    uv_sem_t ready; /* posted when the set-up is over, either way */
+} io_thread_t;
+
+struct server {
     uv_loop_t loop;
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t grace;
+    uv_async_t ended; /* an I/O thread's loop has ended */
     bh_config_t *cfg;
     bh_cli_state_t st;
-    bh_httpd_t *httpd; /* the main listener */
-    bh_httpd_t *opsd;  /* the operations listener; NULL when off */
-    bh_sr_server_t *sr;
-    bh_hub_t *hub;
+    const bh_sr_config_t *sc;
+    const bh_httpd_config_t *hc;
+    bh_sr_shared_t *shared;
+    bh_hub_group_t *group;
+    io_thread_t *threads;
+    int nthreads;       /* allocated */
+    int nstarted;       /* threads created (joinable) */
+    atomic_int running; /* threads whose loop has not ended */
+    bh_httpd_t *opsd;   /* the operations listener; NULL when off */
     bh_admin_t *admin;
     int tls;
     int stopping;
-} server_t;
+    int finishing; /* the I/O threads were told to end */
+};
 
 static int path_is(const bh_http_request_t *req, const char *p) {
     size_t n = strlen(p);
@@ -55,14 +86,15 @@ static int path_under(const bh_http_request_t *req, const char *p) {
  * the operations listener only, so they are not exposed wherever the hub is. */
 static void on_http(void *ud, bh_http_conn_t *hc, const bh_http_request_t *req, const char *body,
                     size_t len) {
-    server_t *srv = ud;
-    if (bh_cli_ops_handle(srv->st.ledger, 0, hc, req))
+    io_thread_t *t = ud;
+    /* The ledger outlives every I/O thread: it is closed after they are joined. */
+    if (bh_cli_ops_handle(t->srv->st.ledger, 0, hc, req))
         return;
     if (path_is(req, "/admin") || path_under(req, "/admin/") || path_is(req, "/metrics")) {
         bh_http_respond_error(hc, 404, "not found");
         return;
     }
-    if (bh_sr_handle_http(srv->sr, hc, req, body, len))
+    if (bh_sr_handle_http(t->sr, hc, req, body, len))
         return;
     if (bh_static_handle(hc, req))
         return;
@@ -80,15 +112,73 @@ static void on_ops_http(void *ud, bh_http_conn_t *hc, const bh_http_request_t *r
     bh_http_respond_error(hc, 404, "not found");
 }
 
-static void on_grace(uv_timer_t *t) {
-    server_t *srv = t->data;
-    /* Commit and answer what is pending while the connections are still open. */
-    bh_ledger_close(srv->st.ledger);
-    srv->st.ledger = NULL;
-    bh_sr_server_shutdown(srv->sr); /* what did not drain in time */
-    bh_httpd_close_all(srv->httpd);
+/* On an I/O thread: new connections go to the threads still accepting (none once all have
+ * stopped), and every SignalR connection gets Close with allowReconnect. */
+static void io_drain(void *arg) {
+    io_thread_t *t = arg;
+    bh_httpd_stop_accepting(t->httpd);
+    bh_sr_server_close_all(t->sr, NULL, 1);
+}
+
+/* On an I/O thread: end what is left; with its last handle closed, the thread's loop ends. */
+static void io_finish(void *arg) {
+    io_thread_t *t = arg;
+    bh_sr_server_shutdown(t->sr);
+    bh_httpd_close_all(t->httpd); /* its mailbox too */
+}
+
+static void post_all(server_t *srv, void (*fn)(void *)) {
+    for (int i = 0; i < srv->nstarted; i++) {
+        io_thread_t *t = &srv->threads[i];
+        if (t->rc == BH_OK && bh_httpd_post(t->httpd, fn, t) < 0)
+            bh_log(BH_LOG_ERROR, "cannot reach an I/O thread", BH_LI("thread", i));
+    }
+}
+
+/* Tell every running I/O thread to end. Its hub leaves the group first, so nothing more is
+ * posted to a loop that is about to end. */
+static void finish_threads(server_t *srv) {
+    if (srv->finishing)
+        return;
+    srv->finishing = 1;
+    for (int i = 0; i < srv->nstarted; i++) {
+        io_thread_t *t = &srv->threads[i];
+        if (t->in_group) {
+            bh_hub_group_remove(srv->group, t->hub);
+            t->in_group = 0;
+        }
+    }
+    post_all(srv, io_finish);
+}
+
+static void join_threads(server_t *srv) {
+    for (int i = 0; i < srv->nstarted; i++) {
+        if (srv->threads[i].joinable) {
+            uv_thread_join(&srv->threads[i].tid);
+            srv->threads[i].joinable = 0;
+        }
+    }
+}
+
+/* Every I/O thread has ended: no thread reads the ledger any more, so it can close (committing
+ * and answering what is pending while the operations listener still has its connections). */
+static void on_ended(uv_async_t *a) {
+    server_t *srv = a->data;
+    if (!srv->finishing || atomic_load(&srv->running) > 0)
+        return;
+    join_threads(srv);
+    if (srv->st.ledger) {
+        bh_ledger_close(srv->st.ledger);
+        srv->st.ledger = NULL;
+    }
     if (srv->opsd)
         bh_httpd_close_all(srv->opsd);
+    uv_close((uv_handle_t *)&srv->ended, NULL);
+}
+
+static void on_grace(uv_timer_t *timer) {
+    server_t *srv = timer->data;
+    finish_threads(srv); /* what did not drain in time */
     uv_close((uv_handle_t *)&srv->grace, NULL);
 }
 
@@ -98,10 +188,9 @@ static void on_signal(uv_signal_t *sig, int signum) {
         return;
     srv->stopping = 1;
     bh_log(BH_LOG_INFO, "shutting down", BH_LI("signal", signum));
-    bh_httpd_stop_accepting(srv->httpd);
+    post_all(srv, io_drain);
     if (srv->opsd)
         bh_httpd_stop_accepting(srv->opsd);
-    bh_sr_server_close_all(srv->sr, NULL, 1);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_close((uv_handle_t *)&srv->sighup, NULL);
@@ -111,6 +200,52 @@ static void on_signal(uv_signal_t *sig, int signum) {
 static void apply_log_settings(const bh_config_t *c) {
     bh_log_set_level((int)bh_config_uint(c, BH_CFG_LOG_LEVEL));
     bh_log_set_format((int)bh_config_uint(c, BH_CFG_LOG_FORMAT));
+}
+
+typedef struct {
+    io_thread_t *t;
+    uv_sem_t done;
+    int posted;
+    int rc;
+    char err[512];
+} reload_t;
+
+static void io_reload_tls(void *arg) {
+    reload_t *r = arg;
+    r->rc = bh_httpd_reload_tls(r->t->httpd, r->err, sizeof r->err);
+    uv_sem_post(&r->done);
+}
+
+/* Every I/O thread's listener reloads the certificate and key; this waits for all of them, so
+ * the connections accepted after the "configuration reloaded" line all get the new one. */
+static void reload_tls(server_t *srv) {
+    int n = srv->nstarted, failed = -1;
+    reload_t *jobs = calloc((size_t)(n > 0 ? n : 1), sizeof *jobs);
+    if (!jobs) {
+        bh_log(BH_LOG_ERROR, "TLS reload failed: keeping the current certificate",
+               BH_LS("error", "out of memory"));
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        jobs[i].t = &srv->threads[i];
+        if (jobs[i].t->rc != BH_OK || uv_sem_init(&jobs[i].done, 0) != 0)
+            continue;
+        jobs[i].posted = bh_httpd_post(jobs[i].t->httpd, io_reload_tls, &jobs[i]) == BH_OK;
+        if (!jobs[i].posted)
+            uv_sem_destroy(&jobs[i].done);
+    }
+    for (int i = 0; i < n; i++) {
+        if (!jobs[i].posted)
+            continue;
+        uv_sem_wait(&jobs[i].done);
+        uv_sem_destroy(&jobs[i].done);
+        if (jobs[i].rc < 0 && failed < 0)
+            failed = i;
+    }
+    if (failed >= 0) /* the same files for every thread: one line says it */
+        bh_log(BH_LOG_ERROR, "TLS reload failed: keeping the current certificate",
+               BH_LS("error", jobs[failed].err));
+    free(jobs);
 }
 
 /* SIGHUP: the log settings from the config file again (flags and environment still win; a
@@ -128,12 +263,8 @@ static void on_hup(uv_signal_t *sig, int signum) {
         snprintf(format, sizeof format, "%s", bh_config_str(&next, BH_CFG_LOG_FORMAT));
         bh_config_free(&next);
     }
-    if (srv->tls && srv->httpd) { /* a SIGHUP during the demo set-up comes before the listener */
-        char terr[512] = "";
-        if (bh_httpd_reload_tls(srv->httpd, terr, sizeof terr) < 0)
-            bh_log(BH_LOG_ERROR, "TLS reload failed: keeping the current certificate",
-                   BH_LS("error", terr));
-    }
+    if (srv->tls) /* a SIGHUP during the demo set-up comes before the listeners */
+        reload_tls(srv);
     if (r == BH_OK)
         bh_log(BH_LOG_INFO, "configuration reloaded", BH_LS("log_level", level),
                BH_LS("log_format", format));
@@ -229,8 +360,9 @@ static int demo_key(server_t *srv, const char *dir, char key[BH_API_KEY_LEN + 1]
     return BH_OK;
 }
 
+/* Every thread's connections of that key close (the group posts to each). */
 static void on_key_revoked(void *ud, const char *user_id, const char *key_id) {
-    bh_hub_close_key(ud, user_id, key_id);
+    bh_hub_group_close_key(ud, user_id, key_id);
 }
 
 /* The admin token from file (or BALANCEHUB_ADMIN_TOKEN): one line, at least 16 characters. */
@@ -258,6 +390,161 @@ static void listen_host(const char *listen, char *host, size_t cap) {
     char *colon = strrchr(host, ':');
     if (colon)
         *colon = 0;
+}
+
+/* The hub group's way into a thread: its listener's mailbox. */
+static int io_post(void *ud, void (*fn)(void *arg), void *arg) {
+    io_thread_t *t = ud;
+    return bh_httpd_post(t->httpd, fn, arg);
+}
+
+/* On the I/O thread: its hub (in the group), SignalR server and listener. */
+static int io_setup(io_thread_t *t) {
+    server_t *srv = t->srv;
+    size_t nm;
+    const bh_sr_method_t *methods = bh_hub_methods(&nm);
+    if (uv_loop_init(&t->loop) != 0) {
+        snprintf(t->err, sizeof t->err, "cannot start an I/O thread's event loop");
+        return BH_ENOMEM;
+    }
+    t->loop_ok = 1;
+    if (bh_hub_new(srv->st.ledger, srv->st.keyring, &t->hub) < 0 ||
+        bh_sr_server_new(srv->sc, methods, nm, bh_hub_hooks(), t->hub, &t->sr) < 0) {
+        snprintf(t->err, sizeof t->err, "cannot start the SignalR server: out of memory");
+        return BH_ENOMEM;
+    }
+    int r = bh_httpd_new(&t->loop, srv->hc, t->listen, on_http, t, &t->httpd, &t->port, t->err,
+                         sizeof t->err);
+    if (r < 0)
+        return r;
+    bh_sr_server_set_httpd(t->sr, t->httpd);
+    /* Main's loop does not run yet, so no change can be posted before the thread's loop runs. */
+    r = bh_hub_group_add(srv->group, t->hub, io_post, t);
+    if (r < 0) {
+        snprintf(t->err, sizeof t->err, "cannot start the hub: out of memory");
+        return r;
+    }
+    t->in_group = 1;
+    return BH_OK;
+}
+
+static void io_main(void *arg) {
+    io_thread_t *t = arg;
+    server_t *srv = t->srv;
+    t->rc = io_setup(t);
+    if (t->rc < 0) {
+        /* Close what was opened here; main frees it after the join. */
+        if (t->sr)
+            bh_sr_server_shutdown(t->sr);
+        if (t->httpd)
+            bh_httpd_close_all(t->httpd);
+        if (t->loop_ok)
+            uv_run(&t->loop, UV_RUN_DEFAULT);
+        uv_sem_post(&t->ready);
+        return;
+    }
+    atomic_fetch_add(&srv->running, 1);
+    uv_sem_post(&t->ready);
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    atomic_fetch_sub(&srv->running, 1);
+    uv_async_send(&srv->ended);
+}
+
+/* SO_REUSEPORT lets any process of this user bind a port whose listeners set it as well, so a
+ * second server on the same --listen would quietly take half the connections. A plain
+ * listening socket first (what a single listener binds) fails as before when anyone holds the
+ * port. Port 0 is free by definition; a bad address is left to the listener to report. */
+static int listen_free(const char *addr, char *err, size_t cap) {
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    int port = colon ? atoi(colon + 1) : 0;
+    if (port <= 0)
+        return BH_OK;
+    listen_host(addr, host, sizeof host);
+    size_t n = strlen(host);
+    if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+        memmove(host, host + 1, n - 2);
+        host[n - 2] = 0;
+    } else if (strcmp(host, "localhost") == 0) {
+        snprintf(host, sizeof host, "127.0.0.1");
+    }
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0)
+        return BH_OK;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return BH_OK;
+    int one = 1, zero = 0, e = 0;
+    socklen_t len =
+        ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one); /* as libuv binds */
+    if (ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    if (bind(fd, (const struct sockaddr *)&ss, len) < 0 || listen(fd, 1) < 0)
+        e = errno;
+    close(fd);
+    if (!e)
+        return BH_OK;
+    snprintf(err, cap, "cannot listen on %s: %s", addr, uv_strerror(uv_translate_sys_error(e)));
+    return BH_EIO;
+}
+
+/* Start the I/O threads one after the other: thread 0 binds --listen (resolving port 0), the
+ * others the same address and port (SO_REUSEPORT). BH_OK, or the first failure (printed). */
+static int start_threads(server_t *srv, const char *listen, int *port) {
+    char host[256], err[256];
+    if (listen_free(listen, err, sizeof err) < 0) {
+        bh_cli_error("%s", err);
+        return BH_EIO;
+    }
+    listen_host(listen, host, sizeof host);
+    for (int i = 0; i < srv->nthreads; i++) {
+        io_thread_t *t = &srv->threads[i];
+        t->srv = srv;
+        if (i == 0)
+            snprintf(t->listen, sizeof t->listen, "%s", listen);
+        else
+            snprintf(t->listen, sizeof t->listen, "%s:%d", host, *port);
+        if (uv_sem_init(&t->ready, 0) != 0) {
+            bh_cli_error("cannot start an I/O thread");
+            return BH_ENOMEM;
+        }
+        if (uv_thread_create(&t->tid, io_main, t) != 0) {
+            uv_sem_destroy(&t->ready);
+            bh_cli_error("cannot start an I/O thread");
+            return BH_ENOMEM;
+        }
+        t->joinable = 1;
+        srv->nstarted = i + 1;
+        uv_sem_wait(&t->ready);
+        uv_sem_destroy(&t->ready);
+        if (t->rc < 0) {
+            bh_cli_error("%s", t->err);
+            return t->rc;
+        }
+        if (i == 0)
+            *port = t->port;
+    }
+    return BH_OK;
+}
+
+/* After main's loop has ended and every thread is joined. */
+static void free_threads(server_t *srv) {
+    for (int i = 0; i < srv->nstarted; i++) {
+        io_thread_t *t = &srv->threads[i];
+        if (t->in_group)
+            bh_hub_group_remove(srv->group, t->hub);
+        bh_httpd_free(t->httpd);
+        bh_sr_server_free(t->sr);
+        bh_hub_free(t->hub);
+        if (t->loop_ok && uv_loop_close(&t->loop) != 0)
+            bh_log(BH_LOG_WARN, "an I/O thread's event loop closed with open handles",
+                   BH_LI("thread", i));
+    }
+    free(srv->threads);
+    srv->threads = NULL;
 }
 
 int bh_cli_serve(int argc, char **argv) {
@@ -294,13 +581,29 @@ int bh_cli_serve(int argc, char **argv) {
     const char *admin_listen = bh_config_str(&cfg, BH_CFG_ADMIN_LISTEN);
     const char *tls_cert = bh_config_str(&cfg, BH_CFG_TLS_CERT);
     int demo = bh_config_bool(&cfg, BH_CFG_DEMO);
-    setvbuf(stdout, NULL, _IOLBF, 0);
+    bh_httpd_config_t hc = {
+        .max_head = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_HEAD),
+        .max_body = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_BODY),
+        .request_timeout_ms = bh_config_uint(&cfg, BH_CFG_REQUEST_TIMEOUT_MS),
+        .idle_timeout_ms = bh_config_uint(&cfg, BH_CFG_IDLE_TIMEOUT_MS),
+        .max_output = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_OUTPUT),
+        .tls = {.cert_file = tls_cert, .key_file = bh_config_str(&cfg, BH_CFG_TLS_KEY)},
+        .reuseport = 1,
+    };
+    /* The start-up lines leave in one write (the fflush after them): a reader that waits for
+     * "listening on" has the demo key and the other lines too. Nothing else goes to stdout. */
+    static char outbuf[16384];
+    setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
     signal(SIGPIPE, SIG_IGN);
 
     server_t srv;
     memset(&srv, 0, sizeof srv);
     srv.cfg = &cfg;
+    srv.sc = &sc;
+    srv.hc = &hc;
     srv.tls = tls_cert != NULL;
+    srv.nthreads = (int)bh_config_uint(&cfg, BH_CFG_THREADS);
+    atomic_init(&srv.running, 0);
     int rc = BH_EXIT_RUNTIME, port = 0, ops_port = 0;
     char key[BH_API_KEY_LEN + 1] = "", err[256] = "", token[256] = "";
     if (read_token(bh_config_str(&cfg, BH_CFG_ADMIN_TOKEN_FILE), token, sizeof token) < 0) {
@@ -313,7 +616,8 @@ int bh_cli_serve(int argc, char **argv) {
     uv_signal_init(&srv.loop, &srv.sigint);
     uv_signal_init(&srv.loop, &srv.sigterm);
     uv_timer_init(&srv.loop, &srv.grace);
-    srv.sigint.data = srv.sigterm.data = srv.sighup.data = srv.grace.data = &srv;
+    uv_async_init(&srv.loop, &srv.ended, on_ended);
+    srv.sigint.data = srv.sigterm.data = srv.sighup.data = srv.grace.data = srv.ended.data = &srv;
     uv_signal_start(&srv.sighup, on_hup, SIGHUP);
     if (bh_cli_open(&so, &srv.loop, &srv.st) < 0)
         goto done;
@@ -326,46 +630,38 @@ int bh_cli_serve(int argc, char **argv) {
             goto done;
         }
     }
-    size_t nm;
-    const bh_sr_method_t *methods = bh_hub_methods(&nm);
-    if (bh_hub_new(srv.st.ledger, srv.st.keyring, &srv.hub) < 0 ||
-        bh_sr_server_new(&sc, methods, nm, bh_hub_hooks(), srv.hub, &srv.sr) < 0) {
+    srv.threads = calloc((size_t)srv.nthreads, sizeof *srv.threads);
+    if (!srv.threads || bh_sr_shared_new(&sc, &srv.shared) < 0 ||
+        bh_hub_group_new(srv.st.ledger, srv.st.keyring,
+                         (double)bh_config_uint(&cfg, BH_CFG_RATE_LIMIT),
+                         (double)bh_config_uint(&cfg, BH_CFG_RATE_BURST), &srv.group) < 0) {
         bh_cli_error("cannot start the SignalR server: out of memory");
         goto done;
     }
-    bh_hub_set_rate_limit(srv.hub, (double)bh_config_uint(&cfg, BH_CFG_RATE_LIMIT),
-                          (double)bh_config_uint(&cfg, BH_CFG_RATE_BURST));
-    bh_ledger_set_listener(srv.st.ledger, bh_hub_on_change, srv.hub);
+    sc.shared = srv.shared;
+    /* Changes go to every thread's hub; the group posts them in order to each loop. */
+    bh_ledger_set_listener(srv.st.ledger, bh_hub_group_on_change, srv.group);
     bh_admin_config_t ac = {
         .ledger = srv.st.ledger,
         .store = srv.st.reader,
         .keyring = srv.st.keyring,
         .token = token[0] ? token : NULL,
         .on_key_revoked = on_key_revoked,
-        .ud = srv.hub,
+        .ud = srv.group,
     };
     if (bh_admin_new(&ac, &srv.admin) < 0) {
         bh_cli_error("cannot start the admin API: out of memory");
         goto done;
     }
     OPENSSL_cleanse(token, sizeof token);
-    bh_httpd_config_t hc = {
-        .max_head = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_HEAD),
-        .max_body = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_BODY),
-        .request_timeout_ms = bh_config_uint(&cfg, BH_CFG_REQUEST_TIMEOUT_MS),
-        .idle_timeout_ms = bh_config_uint(&cfg, BH_CFG_IDLE_TIMEOUT_MS),
-        .max_output = (size_t)bh_config_uint(&cfg, BH_CFG_MAX_OUTPUT),
-        .tls = {.cert_file = tls_cert, .key_file = bh_config_str(&cfg, BH_CFG_TLS_KEY)},
-    };
-    r = bh_httpd_new(&srv.loop, &hc, listen, on_http, &srv, &srv.httpd, &port, err, sizeof err);
-    if (r < 0) {
-        bh_cli_error("%s", err);
+    if (start_threads(&srv, listen, &port) < 0)
         goto done;
-    }
     if (strcmp(admin_listen, "off") != 0) {
-        hc.tls = (bh_net_tls_config_t){0}; /* the operations listener is plain HTTP */
-        r = bh_httpd_new(&srv.loop, &hc, admin_listen, on_ops_http, &srv, &srv.opsd, &ops_port, err,
-                         sizeof err);
+        bh_httpd_config_t ohc = hc;
+        ohc.tls = (bh_net_tls_config_t){0}; /* the operations listener is plain HTTP */
+        ohc.reuseport = 0;
+        r = bh_httpd_new(&srv.loop, &ohc, admin_listen, on_ops_http, &srv, &srv.opsd, &ops_port,
+                         err, sizeof err);
         if (r < 0) {
             bh_cli_error("operations listener (--admin-listen): %s", err);
             goto done;
@@ -390,32 +686,37 @@ int bh_cli_serve(int argc, char **argv) {
                so.data_dir);
     fflush(stdout);
     OPENSSL_cleanse(key, sizeof key);
+    OPENSSL_cleanse(outbuf, sizeof outbuf); /* the key's copy in stdout's buffer */
     uv_run(&srv.loop, UV_RUN_DEFAULT);
     rc = BH_EXIT_OK;
 done:
-    if (srv.st.ledger) { /* error paths: the grace timer closes it on a normal stop */
-        bh_ledger_close(srv.st.ledger);
-        srv.st.ledger = NULL;
-    }
-    if (srv.sr)
-        bh_sr_server_shutdown(srv.sr);
-    if (!srv.stopping) {
-        if (srv.httpd)
-            bh_httpd_close_all(srv.httpd);
-        if (srv.opsd)
-            bh_httpd_close_all(srv.opsd);
+    if (!srv.stopping) { /* an error path: nothing was started on a signal */
         uv_close((uv_handle_t *)&srv.sigint, NULL);
         uv_close((uv_handle_t *)&srv.sigterm, NULL);
         uv_close((uv_handle_t *)&srv.sighup, NULL);
         uv_close((uv_handle_t *)&srv.grace, NULL);
     }
+    if (!uv_is_closing((uv_handle_t *)&srv.ended)) {
+        /* Error paths: the threads do not need main's loop to end. */
+        finish_threads(&srv);
+        join_threads(&srv);
+        uv_close((uv_handle_t *)&srv.ended, NULL);
+    }
+    if (srv.st.ledger) { /* error paths: on_ended closes it on a normal stop */
+        bh_ledger_close(srv.st.ledger);
+        srv.st.ledger = NULL;
+    }
+    if (srv.opsd && !srv.stopping)
+        bh_httpd_close_all(srv.opsd);
     uv_run(&srv.loop, UV_RUN_DEFAULT);
-    bh_httpd_free(srv.httpd);
+    free_threads(&srv);
     bh_httpd_free(srv.opsd);
     bh_cli_close(&srv.st);
     bh_admin_free(srv.admin);
-    bh_sr_server_free(srv.sr);
-    bh_hub_free(srv.hub);
+    if (srv.group) /* after every hub */
+        bh_hub_group_free(srv.group);
+    if (srv.shared) /* after every SignalR server */
+        bh_sr_shared_free(srv.shared);
     if (uv_loop_close(&srv.loop) != 0)
         bh_log_msg(BH_LOG_WARN, "event loop closed with open handles");
     bh_config_free(&cfg);

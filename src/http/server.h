@@ -20,6 +20,7 @@ typedef struct {
     uint64_t idle_timeout_ms;    /* keep-alive connection without a request is closed */
     size_t max_output;           /* per-connection queued output cap */
     bh_net_tls_config_t tls;     /* TLS on the listener (net.h); zeroed = plain HTTP */
+    int reuseport;               /* SO_REUSEPORT: one listener per I/O thread on one port */
 } bh_httpd_config_t;
 
 /* Called once per complete request. The request and body are valid during the call only.
@@ -35,15 +36,26 @@ typedef struct {
     void (*on_close)(void *ud);
 } bh_http_upgrade_ops_t;
 
+/* A server on loop (call on its thread or before it runs), with a mailbox on the same loop
+ * (bh_httpd_post). */
 int bh_httpd_new(uv_loop_t *loop, const bh_httpd_config_t *cfg, const char *listen,
                  bh_httpd_handler_t handler, void *ud, bh_httpd_t **out, int *port, char *errmsg,
                  size_t errcap);
+uv_loop_t *bh_httpd_loop(bh_httpd_t *s);
+/* The bound port (port 0 resolved). */
+int bh_httpd_port(const bh_httpd_t *s);
+/* From any thread: run fn(arg) on s's loop thread; calls from one thread run in order. BH_OK;
+ * BH_ECLOSED once bh_httpd_close_all has run (the caller keeps arg); BH_ENOMEM. Valid until
+ * bh_httpd_free, so free an httpd only when no other thread can still post to it. */
+int bh_httpd_post(bh_httpd_t *s, void (*fn)(void *), void *arg);
 void bh_httpd_stop_accepting(bh_httpd_t *s);
 /* Reload the listener's TLS certificate and key (bh_net_reload_tls): new connections use them,
  * existing ones keep theirs. On failure (errmsg: one line) the current ones stay in use;
  * BH_EINVAL without TLS. */
 int bh_httpd_reload_tls(bh_httpd_t *s, char *errmsg, size_t errcap);
-/* Close every connection now. */
+/* Close every connection now. The mailbox closes first: calls still queued for this loop run
+ * here (a connection still migrating here is closed unhandled), later posts fail. Also from
+ * inside a posted call. */
 void bh_httpd_close_all(bh_httpd_t *s);
 /* Free after the loop has finished (every handle closed). */
 void bh_httpd_free(bh_httpd_t *s);
@@ -72,5 +84,17 @@ void bh_http_upgrade(bh_http_conn_t *hc, const bh_http_upgrade_ops_t *ops, void 
 int bh_http_respond_stream(bh_http_conn_t *hc, int status, const char *ctype, const char *extra,
                            const bh_http_upgrade_ops_t *ops, void *ud);
 bh_conn_t *bh_http_conn_net(bh_http_conn_t *hc);
+
+/* From the handler, instead of answering: move the connection, with the current request and
+ * every byte after it, to `to`'s loop thread, whose handler then sees the same request as if
+ * it had arrived there (later requests on the connection stay there). Queued output is sent
+ * first (input is not parsed meanwhile). BH_OK: do not use hc after the handler returns.
+ * BH_EINVAL, and hc unchanged (answer it as usual): hc is held, upgraded, already answered or
+ * migrating, not inside the handler, or to is NULL. Any other failure closes the connection
+ * (503 when the connection is still here). */
+int bh_http_migrate(bh_http_conn_t *hc, bh_httpd_t *to);
+/* Nonzero while the handler runs for the request that arrived with a migration (the request
+ * passed to bh_http_migrate), so a router can refuse to send it on again. */
+int bh_http_conn_migrated(const bh_http_conn_t *hc);
 
 #endif

@@ -1,42 +1,32 @@
 /* Execution hub: GetBalances(clientId) answers with the user's snapshot in an executionEvents
  * envelope (bad arguments answer with a preChecksError event, as the exchange's API does), and
- * committed ledger changes are pushed to the user's subscribed connections. */
+ * committed ledger changes are pushed to the user's subscribed connections, each sequence at
+ * most once and in order. One per I/O thread; group.c ties them together. */
 #include "hub.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "../base/error.h"
 #include "../base/log.h"
 #include "../base/metrics.h"
+#include "internal.h"
 
 #define BH_HUB_EVENT "executionEvents"
 #define BH_HUB_MIN_BUCKETS 64
 
 typedef struct hub_user hub_user_t;
 
-/* The command-rate token bucket of one API key id; exists while the key has connections (a
- * key whose connections all closed starts again with a full bucket, which the per-key
- * connection limit and the cost of a new connection bound). */
-typedef struct hub_rate {
-    struct hub_rate *next;
-    uint64_t hash;
-    size_t refs; /* connections of this key */
-    double tokens;
-    uint64_t last_ms; /* monotonic time of the last refill */
-    char key_id[BH_SR_ID_MAX + 1];
-} hub_rate_t;
-
 /* Per-connection state, owned through bh_sr_conn_set_data from on_connected to
  * on_disconnected; a member of its user's list for exactly that time. */
 typedef struct hub_conn {
     struct hub_conn *prev, *next; /* the user's connections */
     hub_user_t *user;
-    hub_rate_t *rate; /* its key's bucket, NULL when none could be made (then not limited) */
+    bh_hub_rate_t *rate; /* its key's bucket in the group; NULL: not limited */
     bh_sr_conn_t *c;
-    uint64_t round; /* the last fan-out that already served this connection */
-    int subscribed; /* had a successful GetBalances */
+    uint64_t round;    /* the last fan-out that already served this connection */
+    uint64_t last_seq; /* sequence of the last snapshot or update it was sent */
+    int subscribed;    /* had a successful GetBalances */
     size_t client_id_len;
     char client_id[BH_HUB_CLIENT_ID_MAX * 4 + 1]; /* of the latest successful GetBalances */
 } hub_conn_t;
@@ -56,9 +46,7 @@ struct bh_hub {
     hub_user_t **buckets; /* user id -> its connections; chained, power-of-two size */
     size_t nbuckets, nusers;
     uint64_t round;        /* fan-out counter, see hub_conn_t.round */
-    hub_rate_t **rbuckets; /* key id -> its bucket; chained, power-of-two size */
-    size_t nrbuckets, nrates;
-    double rate_per_ms, rate_burst;
+    bh_hub_group_t *group; /* NULL: a hub on its own, without command-rate limit */
 };
 
 /* ---- user index ---- */
@@ -157,92 +145,6 @@ static void conn_unlink(bh_hub_t *h, hub_conn_t *hc) {
         user_remove(h, u);
 }
 
-/* ---- per-key command rate ---- */
-
-static uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static int rate_grow(bh_hub_t *h) {
-    size_t n = h->nrbuckets ? h->nrbuckets * 2 : BH_HUB_MIN_BUCKETS;
-    hub_rate_t **b = calloc(n, sizeof *b);
-    if (!b)
-        return BH_ENOMEM;
-    for (size_t i = 0; i < h->nrbuckets; i++) {
-        for (hub_rate_t *r = h->rbuckets[i], *next; r; r = next) {
-            next = r->next;
-            r->next = b[r->hash & (n - 1)];
-            b[r->hash & (n - 1)] = r;
-        }
-    }
-    free(h->rbuckets);
-    h->rbuckets = b;
-    h->nrbuckets = n;
-    return BH_OK;
-}
-
-/* The bucket of key_id with one more reference (made full when new), or NULL. */
-static hub_rate_t *rate_ref(bh_hub_t *h, const char *key_id) {
-    if (h->nrates >= h->nrbuckets && rate_grow(h) < 0 && !h->nrbuckets)
-        return NULL;
-    uint64_t hash = hash_id(key_id);
-    hub_rate_t **slot = &h->rbuckets[hash & (h->nrbuckets - 1)];
-    for (hub_rate_t *r = *slot; r; r = r->next) {
-        if (r->hash == hash && strcmp(r->key_id, key_id) == 0) {
-            r->refs++;
-            return r;
-        }
-    }
-    size_t len = strlen(key_id);
-    hub_rate_t *r = len < sizeof r->key_id ? calloc(1, sizeof *r) : NULL;
-    if (!r)
-        return NULL;
-    memcpy(r->key_id, key_id, len + 1);
-    r->hash = hash;
-    r->refs = 1;
-    r->tokens = h->rate_burst;
-    r->last_ms = mono_ms();
-    r->next = *slot;
-    *slot = r;
-    h->nrates++;
-    return r;
-}
-
-static void rate_unref(bh_hub_t *h, hub_rate_t *r) {
-    if (!r || --r->refs > 0)
-        return;
-    for (hub_rate_t **p = &h->rbuckets[r->hash & (h->nrbuckets - 1)]; *p; p = &(*p)->next) {
-        if (*p == r) {
-            *p = r->next;
-            break;
-        }
-    }
-    h->nrates--;
-    free(r);
-}
-
-/* Take one token from r: 1 when there was one, 0 when the key is over its rate. */
-static int rate_take(const bh_hub_t *h, hub_rate_t *r) {
-    uint64_t now = mono_ms();
-    if (now > r->last_ms) {
-        r->tokens += (double)(now - r->last_ms) * h->rate_per_ms;
-        if (r->tokens > h->rate_burst)
-            r->tokens = h->rate_burst;
-        r->last_ms = now;
-    }
-    if (r->tokens < 1.0)
-        return 0;
-    r->tokens -= 1.0;
-    return 1;
-}
-
-void bh_hub_set_rate_limit(bh_hub_t *h, double per_sec, double burst) {
-    h->rate_per_ms = per_sec / 1000.0;
-    h->rate_burst = burst;
-}
-
 /* ---- envelopes ---- */
 
 int bh_hub_write_envelope(bh_buf_t *b, const char *subject, const char *type, const char *client_id,
@@ -321,7 +223,7 @@ static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const 
     const bh_json_t *id;
     const char *bad = check_client_id(args, &id);
     hub_conn_t *hcr = bh_sr_conn_data(c);
-    if (hcr && hcr->rate && !rate_take(h, hcr->rate)) {
+    if (hcr && hcr->rate && !bh_hub_rate_take(h->group, hcr->rate)) {
         /* Over the key's rate: an error event, the invocation still completes normally. */
         const char *echo =
             id && id->type == BH_JSON_STRING && !memchr(id->str, 0, id->len) ? id->str : NULL;
@@ -348,6 +250,7 @@ static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const 
     bh_buf_reset(&h->env);
     int r = bh_hub_write_envelope(&h->env, "account.balances.snapshot", "message", id->str,
                                   snap->json, snap->json_len);
+    uint64_t seq = snap->sequence;
     bh_snapshot_release(snap);
     if (r == 0)
         r = bh_sr_send_event(c, BH_HUB_EVENT, h->env.data, h->env.len);
@@ -355,11 +258,16 @@ static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const 
         bh_metric_add(BH_M_EVENT_SNAPSHOT, 1);
     hub_conn_t *hcn = bh_sr_conn_data(c);
     if (r == 0 && hcn && id->len < sizeof hcn->client_id) {
-        /* From here on, every committed change reaches this connection under this clientId;
-         * the loop thread runs the listener, so no change falls between the snapshot and it. */
+        /* From here on, every committed change reaches this connection under this clientId.
+         * A change is published before it is posted to this thread, so the ones still queued
+         * here are at most seq (skipped then) and every later one arrives after this. Asked
+         * for, the snapshot goes out even when it repeats the last sequence sent; it is never
+         * older (publication happened before the queued change reached us). */
         memcpy(hcn->client_id, id->str, id->len + 1);
         hcn->client_id_len = id->len;
         hcn->subscribed = 1;
+        if (seq > hcn->last_seq)
+            hcn->last_seq = seq;
     }
     if (r < 0 && r != BH_ECLOSED)
         *error = "internal error";
@@ -400,7 +308,8 @@ static void hub_connected(void *ud, bh_sr_conn_t *c) {
         return;
     }
     hc->c = c;
-    hc->rate = rate_ref(h, bh_sr_conn_key_id(c)); /* NULL (out of memory): not limited */
+    /* NULL (no group, or out of memory): not limited */
+    hc->rate = h->group ? bh_hub_rate_ref(h->group, bh_sr_conn_key_id(c)) : NULL;
     conn_link(u, hc);
     bh_sr_conn_set_data(c, hc);
 }
@@ -411,7 +320,8 @@ static void hub_disconnected(void *ud, bh_sr_conn_t *c) {
     if (!hc)
         return;
     conn_unlink(h, hc);
-    rate_unref(h, hc->rate);
+    if (hc->rate)
+        bh_hub_rate_unref(h->group, hc->rate);
     bh_sr_conn_set_data(c, NULL);
     free(hc);
 }
@@ -434,12 +344,18 @@ static int same_client_id(const hub_conn_t *a, const hub_conn_t *b) {
            memcmp(a->client_id, b->client_id, a->client_id_len) == 0;
 }
 
+/* Whether hc is to get snap in this fan-out: subscribed, not served yet, and snap is newer
+ * than anything it was sent (a GetBalances may have read a newer one). */
+static int wants(const hub_conn_t *hc, const bh_snapshot_t *snap, uint64_t round) {
+    return hc->subscribed && hc->round != round && snap->sequence > hc->last_seq;
+}
+
 /* Push snap to every subscribed connection of u. The envelope is built once per distinct
  * clientId and its bytes are sent to every connection subscribed under that clientId. */
 static void fan_out(bh_hub_t *h, hub_user_t *u, const bh_snapshot_t *snap) {
     uint64_t round = ++h->round;
     for (hub_conn_t *hc = u->head; hc; hc = hc->next) {
-        if (!hc->subscribed || hc->round == round)
+        if (!wants(hc, snap, round))
             continue;
         bh_buf_reset(&h->env);
         int r = bh_hub_write_envelope(&h->env, "account.balances.update", "message", hc->client_id,
@@ -452,8 +368,9 @@ static void fan_out(bh_hub_t *h, hub_user_t *u, const bh_snapshot_t *snap) {
         /* Sending never unlinks a connection: even a close forced by a send (slow consumer
          * over the output cap) reaches on_disconnected from a later libuv callback. */
         for (hub_conn_t *o = hc; o; o = o->next) {
-            if (o->subscribed && o->round != round && same_client_id(o, hc)) {
+            if (wants(o, snap, round) && same_client_id(o, hc)) {
                 o->round = round;
+                o->last_seq = snap->sequence;
                 if (bh_sr_send_event(o->c, BH_HUB_EVENT, h->env.data, h->env.len) == 0)
                     bh_metric_add(BH_M_EVENT_UPDATE, 1);
             }
@@ -482,6 +399,12 @@ void bh_hub_on_change(void *hub, const bh_snapshot_t *snap) {
         close_conns(u, NULL, "user deleted");
 }
 
+void bh_hub_close_user(bh_hub_t *h, const char *user_id) {
+    hub_user_t *u = user_find(h, user_id);
+    if (u)
+        close_conns(u, NULL, "user deleted");
+}
+
 void bh_hub_close_key(bh_hub_t *h, const char *user_id, const char *key_id) {
     if (user_id) {
         hub_user_t *u = user_find(h, user_id);
@@ -502,7 +425,6 @@ int bh_hub_new(bh_ledger_t *ledger, const bh_keyring_t *keyring, bh_hub_t **out)
         return BH_ENOMEM;
     h->ledger = ledger;
     h->keyring = keyring;
-    bh_hub_set_rate_limit(h, 50, 100);
     bh_buf_init(&h->env, 0);
     if (grow(h) < 0) {
         free(h);
@@ -529,13 +451,20 @@ void bh_hub_free(bh_hub_t *h) {
             u = next;
         }
     }
-    free(h->buckets);
-    for (size_t i = 0; i < h->nrbuckets; i++)
-        for (hub_rate_t *r = h->rbuckets[i], *next; r; r = next) {
-            next = r->next;
-            free(r);
-        }
-    free(h->rbuckets);
+    free(h->buckets); /* their rate references go with the group */
     bh_buf_free(&h->env);
     free(h);
+}
+
+void bh_hub_set_group(bh_hub_t *h, bh_hub_group_t *g) {
+    h->group = g;
+}
+
+bh_hub_group_t *bh_hub_group_of(const bh_hub_t *h) {
+    return h->group;
+}
+
+void bh_hub_sources(const bh_hub_t *h, bh_ledger_t **ledger, const bh_keyring_t **keyring) {
+    *ledger = h->ledger;
+    *keyring = h->keyring;
 }

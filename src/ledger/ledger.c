@@ -682,7 +682,10 @@ static int prepare(bh_ledger_t *l, const bh_op_t *op, bh_change_t *c, bh_op_cb c
     if (rows && u->assets != rows)
         free(u->assets);
     next.snap = u->snap;
+    /* I/O threads read u->snap under mu (bh_ledger_snapshot); the copy rewrites it. */
+    pthread_mutex_lock(&l->mu);
     *u = next;
+    pthread_mutex_unlock(&l->mu);
     c->user = u;
     return NEW_OP;
 }

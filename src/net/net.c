@@ -1,12 +1,17 @@
 /* TCP listener and connections on libuv: batched writes flushed once per loop turn from
- * prepare/check handles, a hard output cap, lingering close, one timer per connection, and
- * optional TLS between the socket and the handler (tls.c, memory BIOs). */
+ * prepare/check handles, a hard output cap, lingering close, one timer per connection,
+ * optional TLS between the socket and the handler (tls.c, memory BIOs), SO_REUSEPORT
+ * listeners, and moving a live connection to another loop (detach / adopt). */
 #include "net.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #ifdef __linux__
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
@@ -45,7 +50,17 @@ struct bh_conn {
     bh_conn_t *dirty_next;
     bh_conn_t *prev, *next;
     int open_handles;
-    unsigned dirty : 1, writing : 1, closing : 1, shut : 1, dead : 1, notified : 1, paused : 1;
+    unsigned dirty : 1, writing : 1, closing : 1, shut : 1, dead : 1, notified : 1, paused : 1,
+        detached : 1;
+};
+
+/* A connection between two loops: its socket, TLS session and unhandled input. */
+struct bh_conn_handoff {
+    int fd;
+    bh_tls_t *tls;
+    char *pending;
+    size_t len;
+    uint64_t id;
 };
 
 struct bh_net {
@@ -136,7 +151,8 @@ static void conn_hard_close(bh_conn_t *c) {
     if (c->next)
         c->next->prev = c->prev;
     n->nconns--;
-    bh_metric_gauge(BH_M_TCP_OPEN, -1);
+    if (!c->detached) /* a detached connection stays open: its handoff counts it */
+        bh_metric_gauge(BH_M_TCP_OPEN, -1);
     /* Upper layers hear of the close from the close callback, never from inside one of their
      * own calls (a write that hits the output cap), so no caller's state vanishes under it. */
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
@@ -318,15 +334,12 @@ static void on_handshake_timeout(uv_timer_t *t) {
     conn_hard_close(c);
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-    bh_net_t *n = server->data;
-    if (status < 0)
-        return;
+/* A connection with its handles initialised and counted in n (the socket is not open yet). */
+static bh_conn_t *conn_new(bh_net_t *n) {
     bh_conn_t *c = calloc(1, sizeof *c);
     if (!c)
-        return;
+        return NULL;
     c->net = n;
-    c->id = atomic_fetch_add(&next_conn_id, 1) + 1;
     bh_buf_init(&c->out, 0);
     bh_buf_init(&c->inflight, 0);
     uv_tcp_init(n->loop, &c->tcp);
@@ -339,6 +352,17 @@ static void on_connection(uv_stream_t *server, int status) {
         n->conns->prev = c;
     n->conns = c;
     n->nconns++;
+    return c;
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+    bh_net_t *n = server->data;
+    if (status < 0)
+        return;
+    bh_conn_t *c = conn_new(n);
+    if (!c)
+        return;
+    c->id = atomic_fetch_add(&next_conn_id, 1) + 1;
     bh_metric_gauge(BH_M_TCP_OPEN, 1);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
         c->notified = 1;
@@ -389,6 +413,35 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss) {
     return uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) ? BH_EINVAL : BH_OK;
 }
 
+/* With reuseport the socket is made here: libuv sets no SO_REUSEPORT, and it must be set before
+ * bind. Either way tcp is initialised (the caller closes it on failure). A libuv error code. */
+static int listener_bind(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr_storage *ss,
+                         int reuseport) {
+    uv_tcp_init(loop, tcp);
+    if (!reuseport)
+        return uv_tcp_bind(tcp, (const struct sockaddr *)ss, 0);
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return uv_translate_sys_error(errno);
+    int one = 1, zero = 0;
+    socklen_t len =
+        ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    /* Dual-stack like uv_tcp_bind without UV_TCP_IPV6ONLY. */
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+        (ss->ss_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0) ||
+        bind(fd, (const struct sockaddr *)ss, len) < 0) {
+        int err = uv_translate_sys_error(errno);
+        close(fd);
+        return err;
+    }
+    int r = uv_tcp_open(tcp, fd);
+    if (r < 0)
+        close(fd);
+    return r;
+}
+
 static void net_free_tls(bh_net_t *n) {
     SSL_CTX_free(n->tls_ctx); /* connections still open hold their own references */
     n->tls_ctx = NULL;
@@ -431,9 +484,8 @@ int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
     n->h = *h;
     n->server_ud = server_ud;
     n->max_output = cfg->max_output;
-    uv_tcp_init(loop, &n->listener);
+    int r = listener_bind(loop, &n->listener, &ss, cfg->reuseport);
     n->listener.data = n;
-    int r = uv_tcp_bind(&n->listener, (const struct sockaddr *)&ss, 0);
     if (r == 0)
         r = uv_listen((uv_stream_t *)&n->listener, 1024, on_connection);
     if (r < 0) {
@@ -637,4 +689,98 @@ int bh_conn_peer_addr(const bh_conn_t *c, struct sockaddr_storage *out) {
     int len = sizeof *out;
     memset(out, 0, sizeof *out);
     return uv_tcp_getpeername(&c->tcp, (struct sockaddr *)out, &len) == 0 ? BH_OK : BH_EIO;
+}
+
+int bh_conn_detach(bh_conn_t *c, const char *pending, size_t len, bh_conn_handoff_t **out) {
+    if (c->dead || c->closing)
+        return BH_ECLOSED;
+    if (bh_conn_queued(c) > 0 || (c->tls && !bh_tls_handshake_done(c->tls)))
+        return BH_EINVAL;
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) < 0)
+        return BH_EIO;
+    int r = BH_ENOMEM;
+    bh_conn_handoff_t *h = calloc(1, sizeof *h);
+    if (!h)
+        return BH_ENOMEM;
+    h->fd = -1;
+    if (len > 0) {
+        h->pending = malloc(len);
+        if (!h->pending)
+            goto fail;
+        memcpy(h->pending, pending, len);
+        h->len = len;
+    }
+    /* The dup keeps the socket open when c's handle closes its own descriptor: no FIN, and
+     * what the kernel has not handed us yet waits there for the new loop. */
+    h->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (h->fd < 0) {
+        r = BH_EIO;
+        goto fail;
+    }
+    h->tls = c->tls;
+    c->tls = NULL;
+    h->id = c->id;
+    c->detached = 1;
+    c->drain_cb = NULL;
+    conn_hard_close(c);
+    *out = h;
+    return BH_OK;
+fail:
+    free(h->pending);
+    free(h);
+    return r;
+}
+
+void bh_conn_handoff_free(bh_conn_handoff_t *h) {
+    if (!h)
+        return;
+    if (h->fd >= 0)
+        close(h->fd);
+    bh_tls_free(h->tls);
+    free(h->pending);
+    free(h);
+    bh_metric_gauge(BH_M_TCP_OPEN, -1);
+}
+
+int bh_net_adopt(bh_net_t *n, bh_conn_handoff_t *h) {
+    if (n->handles_closed) {
+        bh_conn_handoff_free(h);
+        return BH_ECLOSED;
+    }
+    bh_conn_t *c = conn_new(n);
+    if (!c) {
+        bh_conn_handoff_free(h);
+        return BH_ENOMEM;
+    }
+    /* From here c carries the handoff's place in bh_tcp_connections and its TLS session. */
+    c->id = h->id;
+    c->tls = h->tls;
+    h->tls = NULL;
+    int r = uv_tcp_open(&c->tcp, h->fd);
+    if (r < 0) {
+        close(h->fd);
+        c->notified = 1; /* the handler never heard of it */
+        conn_hard_close(c);
+        free(h->pending);
+        free(h);
+        return BH_EIO;
+    }
+    n->h.on_open(c, n->server_ud);
+    if (!c->dead && !c->closing && h->len > 0)
+        n->h.on_data(c, h->pending, h->len);
+    free(h->pending);
+    free(h);
+    if (c->tls && !c->dead) {
+        /* Records the old loop fed but did not decrypt yet, then anything the session wrote
+         * itself (e.g. tickets) that the old loop had not sent. */
+        if (!c->closing)
+            conn_tls_read(c, "", 0);
+        if (!c->dead && bh_tls_pending(c->tls) > 0)
+            mark_dirty(c);
+    }
+    if (!c->dead && !c->paused && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0)
+        conn_hard_close(c);
+    bh_metric_add(BH_M_MIGRATIONS, 1);
+    return BH_OK;
 }

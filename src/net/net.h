@@ -1,7 +1,8 @@
 /* TCP listeners and connections on one libuv loop. Bytes in through a handler, bytes out
  * through a capped per-connection buffer that is written with one uv_write per loop turn
  * (writes queued anywhere during a turn are batched). One timer per connection. Optional TLS
- * on the listener, invisible to the handler: it sees and writes plaintext only. */
+ * on the listener, invisible to the handler: it sees and writes plaintext only. Between loops
+ * (threads): a mailbox for calls, and migration of a connection. */
 #ifndef BH_NET_NET_H
 #define BH_NET_NET_H
 
@@ -34,6 +35,8 @@ typedef struct {
     size_t max_output; /* queued output above this closes the connection (slow consumer); with
                           TLS it counts plaintext */
     bh_net_tls_config_t tls;
+    int reuseport; /* SO_REUSEPORT (and SO_REUSEADDR) before bind: several listeners, e.g. one
+                      per thread, share the port and the kernel spreads connections (Linux) */
 } bh_net_config_t;
 
 /* Create the network layer on loop; listen on "HOST:PORT" (IPv4 or [IPv6]:PORT; port 0 picks
@@ -94,5 +97,39 @@ uint64_t bh_conn_id(const bh_conn_t *c);
 /* Peer address as a socket address (AF_INET or AF_INET6), for per-address limits. BH_OK, or
  * BH_EIO when the socket has none (already closed). */
 int bh_conn_peer_addr(const bh_conn_t *c, struct sockaddr_storage *out);
+
+/* Migration of a connection to another loop (another thread's bh_net_t). The socket, the TLS
+ * session (memory BIOs: only its owner changes) and the bytes read but not handled travel; the
+ * peer sees nothing, and bytes the kernel still holds are read by the new loop. The connection
+ * stays counted in bh_tcp_connections throughout (a migration is not an accept). */
+typedef struct bh_conn_handoff bh_conn_handoff_t;
+/* c must have no queued output (bh_conn_queued(c) == 0, else BH_EINVAL) and, with TLS, a
+ * finished handshake. Stops reading, takes the socket (dup'd fd) and the TLS session out of c
+ * with a copy of `pending` (bytes already read and not yet handled, e.g. the raw request), and
+ * closes c's handles without touching the peer: c's on_close runs as for any close. *out is
+ * owned by the caller until adopted or freed. On failure (BH_ECLOSED: c is closing; BH_EINVAL;
+ * BH_ENOMEM; BH_EIO) c is left as it was. */
+int bh_conn_detach(bh_conn_t *c, const char *pending, size_t len, bh_conn_handoff_t **out);
+/* On n's loop thread: a new connection of n from the handoff (consumed, also on failure, when
+ * the connection is closed): on_open runs (TLS: already handshaken, so at once), then on_data
+ * with the pending bytes (and any plaintext the TLS session already holds), then reading
+ * resumes. The connection keeps its bh_conn_id. BH_ECLOSED after bh_net_close_all. */
+int bh_net_adopt(bh_net_t *n, bh_conn_handoff_t *h);
+/* Drop a handoff that will not be adopted: closes the socket (the peer sees the close). */
+void bh_conn_handoff_free(bh_conn_handoff_t *h);
+
+/* Calls into a loop from any thread: a lock-free MPSC queue (Vyukov's intrusive queue; post
+ * allocates the node) and one uv_async_t. Each wake-up runs every call queued by then. */
+typedef struct bh_mailbox bh_mailbox_t;
+/* On loop's thread (or before the loop runs). BH_ENOMEM, BH_EIO. */
+int bh_mailbox_new(uv_loop_t *loop, bh_mailbox_t **out);
+/* Any thread: fn(arg) runs on m's loop thread; calls from one producer run in the order posted.
+ * BH_ECLOSED after close (the caller still owns arg), BH_ENOMEM. The caller must know m is
+ * not yet freed (see close): guard it with its owner's lifetime, as bh_httpd_post does. */
+int bh_mailbox_post(bh_mailbox_t *m, void (*fn)(void *arg), void *arg);
+/* On its loop thread (also from inside a posted call): later posts fail with BH_ECLOSED; calls
+ * still queued are handed to drop(fn, arg) (drop NULL: they are run) before this returns; m is
+ * freed once its handle has closed (the loop must run on). Idempotent until then. */
+void bh_mailbox_close(bh_mailbox_t *m, void (*drop)(void (*fn)(void *), void *arg));
 
 #endif

@@ -31,9 +31,10 @@ enum { BH_SR_PENDING, BH_SR_OPEN, BH_SR_DETACHED };
 
 struct bh_sr_conn {
     bh_sr_server_t *srv;
-    bh_sr_conn_t *prev, *next; /* srv->pending (PENDING) or srv->conns (otherwise) */
-    bh_sr_conn_t *hnext;       /* registry chain */
-    uint64_t hash;
+    bh_sr_conn_t *prev, *next;     /* srv->pending (PENDING) or srv->conns (otherwise) */
+    bh_sr_conn_t *hnext;           /* registry chain */
+    bh_sr_conn_t *onext;           /* owner map chain (shared.c; under its lock) */
+    uint64_t hash;                 /* of the token: registry and owner map */
     const bh_sr_transport_t *tp;   /* NULL while PENDING */
     void *att;                     /* the transport's state for this session; NULL when none */
     const bh_sr_protocol_t *proto; /* set by the handshake */
@@ -123,20 +124,17 @@ struct bh_sr_server {
     size_t nmethods;
     bh_sr_hooks_t hooks;
     void *ud;
-    uint8_t secret[32];
-    uint64_t hash_seed;
+    uint8_t secret[32]; /* the shared one's copy */
+    bh_sr_shared_t *shared;
+    int own_shared;      /* made by bh_sr_server_new (no shared in the config) */
+    bh_httpd_t *httpd;   /* of the server's thread; set under the owner map's lock */
     bh_sr_conn_t *conns; /* OPEN and DETACHED sessions */
     size_t nconns;
     bh_sr_conn_t *pending, *pending_tail; /* PENDING sessions, oldest (first to expire) first */
     size_t npending;
     bh_sr_conn_t **buckets; /* registry: connection token -> session */
     size_t nbuckets, nregistered;
-    /* sessions per API key id (counted from their first transport until they are freed):
-     * chained hash table, power-of-two size, entries exist while their count is non-zero */
-    struct bh_sr_keycount **kbuckets;
-    size_t nkbuckets, nkeys;
-    struct bh_sr_throttle *throttle; /* failed authentications per source address */
-    char *cors_list;                 /* the allowed origins, NUL-separated, NULL for none */
+    char *cors_list; /* the allowed origins, NUL-separated, NULL for none */
     int cors_any;
     int closing_all, shut_down;
     bh_buf_t msg;  /* encoding scratch: one hub message */
@@ -163,15 +161,18 @@ int bh_sr_reply_text(const bh_sr_req_t *rq, int status, const char *msg);
 /* Authenticate the request's key (Bearer or access_token): BH_OK, or the 401 is sent. */
 int bh_sr_authenticate(const bh_sr_req_t *rq, char user_id[BH_SR_ID_MAX + 1],
                        char key_id[BH_SR_ID_MAX + 1]);
-/* Whether one more session for key_id fits the limits: BH_OK, or the 429 (per key) or 503
- * (server total) is sent. */
-int bh_sr_admit(const bh_sr_req_t *rq, const char *key_id);
-/* Count a new session of key_id (BH_ENOMEM) / forget it. */
-int bh_sr_key_acquire(bh_sr_server_t *s, const char *key_id);
-void bh_sr_key_release(bh_sr_server_t *s, const char *key_id);
+/* Take a slot for one more session of key_id within the limits (across every server of the
+ * shared state): BH_OK, the slot then the caller's (bh_sr_session_attach takes it over, or
+ * give it back with bh_sr_shared_release); or the 429 (per key), 503 (total) or 500 is sent.
+ * take 0: only check that one would fit (negotiate; a negotiation holds no slot). */
+int bh_sr_admit(const bh_sr_req_t *rq, const char *key_id, int take);
 /* The session named by the id parameter, for the key of the request, or NULL with the answer
- * sent (400 no id, 401 key, 404 unknown, 403 another key). */
+ * sent (400 no id, 401 key, 404 unknown, 403 another key) or the request migrated to the
+ * server that owns the session (once: a request that arrived by migration is answered here). */
 bh_sr_conn_t *bh_sr_lookup(const bh_sr_req_t *rq);
+/* The request names token, which this server does not hold: when another server owns it, the
+ * connection moves there (bh_http_migrate) and this returns 1; else 0. */
+int bh_sr_route(const bh_sr_req_t *rq, const char *token, size_t n);
 
 /* ---- throttle.c: failed authentications per source address ---- */
 
@@ -203,6 +204,33 @@ int bh_sr_throttle_fail(bh_sr_throttle_t *t, const bh_sr_addr_t *a, uint64_t now
 /* Addresses in the table (refilled ones may linger until their place is needed). */
 size_t bh_sr_throttle_size(const bh_sr_throttle_t *t);
 
+/* ---- shared.c: state shared by the servers of every thread, each part behind a mutex ---- */
+
+/* Fill in the defaults of the fields that select theirs when 0. */
+void bh_sr_config_fill(bh_sr_config_t *cfg);
+/* Copy out the token secret (every server signs and checks tokens with the same one). */
+void bh_sr_shared_secret(const bh_sr_shared_t *sh, uint8_t secret[32]);
+uint64_t bh_sr_shared_hash(const bh_sr_shared_t *sh, const char *token, size_t n);
+/* Count one more session of key_id if the limits allow (checked and counted under one lock;
+ * take 0: only checked): BH_OK; BH_ELIMIT key at max_conns_per_key; BH_ETOOBIG max_conns in
+ * all; BH_ENOMEM. */
+int bh_sr_shared_acquire(bh_sr_shared_t *sh, const char *key_id, int take);
+void bh_sr_shared_release(bh_sr_shared_t *sh, const char *key_id);
+/* Sessions counted for key_id, or in all when key_id is NULL. */
+size_t bh_sr_shared_count(bh_sr_shared_t *sh, const char *key_id);
+/* bh_sr_throttle_wait and _fail on the shared table; fail returns the wait when it took the
+ * address's last token (0 otherwise). */
+uint64_t bh_sr_shared_throttle_wait(bh_sr_shared_t *sh, const bh_sr_addr_t *a, uint64_t now_ms);
+uint64_t bh_sr_shared_throttle_fail(bh_sr_shared_t *sh, const bh_sr_addr_t *a, uint64_t now_ms);
+/* The owner map: registered session (c->token, c->hash set) -> its server. add: BH_EEXIST when
+ * any server holds the token, BH_ENOMEM; remove only what was added. */
+int bh_sr_owner_add(bh_sr_shared_t *sh, bh_sr_conn_t *c);
+void bh_sr_owner_remove(bh_sr_shared_t *sh, bh_sr_conn_t *c);
+/* The server holding token (NULL: none), and its httpd (NULL until set). */
+bh_sr_server_t *bh_sr_owner_find(bh_sr_shared_t *sh, const char *token, size_t n,
+                                 bh_httpd_t **httpd);
+void bh_sr_owner_set_httpd(bh_sr_shared_t *sh, bh_sr_server_t *s, bh_httpd_t *h);
+
 /* ---- registry.c: tokens and the registry ---- */
 
 void bh_sr_token_new(const bh_sr_server_t *s, uint64_t now, const char *key_id, int stateful,
@@ -213,6 +241,8 @@ int bh_sr_token_check(const bh_sr_server_t *s, uint64_t now, const char *token, 
 void bh_sr_random_id(char id[BH_SR_CONN_ID_CHARS + 1]);
 /* The registered session with this token (expired PENDING ones are dropped first). */
 bh_sr_conn_t *bh_sr_registry_find(bh_sr_server_t *s, const char *token, size_t n, uint64_t now);
+/* Register c by its token here and in the owner map: BH_EEXIST when some server holds the
+ * token already, BH_ENOMEM. */
 int bh_sr_registry_add(bh_sr_server_t *s, bh_sr_conn_t *c);
 void bh_sr_registry_remove(bh_sr_server_t *s, bh_sr_conn_t *c);
 void bh_sr_registry_free(bh_sr_server_t *s);
@@ -227,7 +257,8 @@ bh_sr_conn_t *bh_sr_session_new(bh_sr_server_t *s, const char *user_id, const ch
                                 const char *id, const char *token, uint64_t expires_ms);
 /* Free a session that never had a transport (no timer yet). */
 void bh_sr_session_free_pending(bh_sr_conn_t *c);
-/* Attach the first transport; the handshake timeout starts. */
+/* Attach the first transport; the handshake timeout starts. The session takes over the slot
+ * the caller took with bh_sr_admit. */
 void bh_sr_session_attach(bh_sr_conn_t *c, const bh_sr_transport_t *tp, void *att, uv_loop_t *loop,
                           uint64_t now);
 /* A stateful-reconnect WebSocket came back (the old one, if any, is already detached): send

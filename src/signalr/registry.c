@@ -103,12 +103,7 @@ int bh_sr_token_check(const bh_sr_server_t *s, uint64_t now, const char *token, 
 /* ---- the registry: chained hash table, power-of-two size ---- */
 
 static uint64_t hash_token(const bh_sr_server_t *s, const char *t, size_t n) {
-    uint64_t h = 1469598103934665603ull ^ s->hash_seed; /* FNV-1a, seeded per process */
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)t[i];
-        h *= 1099511628211ull;
-    }
-    return h ^ (h >> 29);
+    return bh_sr_shared_hash(s->shared, t, n); /* the owner map's hash too */
 }
 
 static int grow(bh_sr_server_t *s) {
@@ -154,6 +149,9 @@ int bh_sr_registry_add(bh_sr_server_t *s, bh_sr_conn_t *c) {
     if (s->nregistered >= s->nbuckets && grow(s) < 0 && !s->nbuckets)
         return BH_ENOMEM; /* a failed grow keeps the old table, with longer chains */
     c->hash = hash_token(s, c->token, n);
+    int r = bh_sr_owner_add(s->shared, c); /* other threads' servers route to it from now on */
+    if (r < 0)
+        return r;
     bh_sr_conn_t **slot = &s->buckets[c->hash & (s->nbuckets - 1)];
     c->hnext = *slot;
     *slot = c;
@@ -173,6 +171,7 @@ void bh_sr_registry_remove(bh_sr_server_t *s, bh_sr_conn_t *c) {
     }
     c->hnext = NULL;
     c->registered = 0;
+    bh_sr_owner_remove(s->shared, c);
     s->nregistered--;
 }
 

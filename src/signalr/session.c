@@ -146,7 +146,7 @@ bh_sr_conn_t *bh_sr_session_new(bh_sr_server_t *s, const char *user_id, const ch
 static void uncount(bh_sr_conn_t *c) {
     if (c->counted) {
         c->counted = 0;
-        bh_sr_key_release(c->srv, c->key_id);
+        bh_sr_shared_release(c->srv->shared, c->key_id);
     }
 }
 
@@ -164,9 +164,9 @@ void bh_sr_session_attach(bh_sr_conn_t *c, const bh_sr_transport_t *tp, void *at
     list_unlink(c);
     c->state = BH_SR_OPEN;
     list_live(c);
-    /* Counted from its first transport on (negotiations alone hold no slot); out of memory: not
-     * counted. */
-    c->counted = bh_sr_key_acquire(c->srv, c->key_id) == 0;
+    /* Counted from its first transport on (negotiations alone hold no slot): the slot the
+     * caller took with bh_sr_admit is the session's until it is freed. */
+    c->counted = 1;
     c->tp = tp;
     c->att = att;
     c->loop = loop;

@@ -4,7 +4,6 @@
 #include "signalr.h"
 
 #include <openssl/crypto.h>
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +65,7 @@ static int request_addr(const bh_sr_req_t *rq, bh_sr_addr_t *a) {
 
 /* An address out of failures: 429 before its key is looked at, so it learns nothing. */
 static int throttled(const bh_sr_req_t *rq, const bh_sr_addr_t *a) {
-    uint64_t wait = bh_sr_throttle_wait(rq->s->throttle, a, rq->now);
+    uint64_t wait = bh_sr_shared_throttle_wait(rq->s->shared, a, rq->now);
     if (wait == 0)
         return 0;
     static const char msg[] = "Too Many Requests: too many failed authentications";
@@ -84,9 +83,10 @@ static void auth_failed(const bh_sr_req_t *rq, const bh_sr_addr_t *a, int has_ad
     if (has_addr)
         bh_sr_addr_text(a, peer, sizeof peer);
     bh_log(BH_LOG_DEBUG, "authentication failed", BH_LS("peer", peer));
-    if (has_addr && bh_sr_throttle_fail(rq->s->throttle, a, rq->now))
+    uint64_t wait = has_addr ? bh_sr_shared_throttle_fail(rq->s->shared, a, rq->now) : 0;
+    if (wait)
         bh_log(BH_LOG_WARN, "failed authentications throttled", BH_LS("peer", peer),
-               BH_LU("retry_after_s", bh_sr_throttle_wait(rq->s->throttle, a, rq->now)));
+               BH_LU("retry_after_s", wait));
 }
 
 int bh_sr_authenticate(const bh_sr_req_t *rq, char user_id[BH_SR_ID_MAX + 1],
@@ -125,7 +125,8 @@ bh_sr_conn_t *bh_sr_lookup(const bh_sr_req_t *rq) {
         return NULL;
     bh_sr_conn_t *c = bh_sr_registry_find(rq->s, token, (size_t)tl, rq->now);
     if (!c) {
-        bh_sr_reply_text(rq, 404, "No Connection with that ID");
+        if (!bh_sr_route(rq, token, (size_t)tl))
+            bh_sr_reply_text(rq, 404, "No Connection with that ID");
         return NULL;
     }
     if (strcmp(c->key_id, key_id) != 0) {
@@ -135,106 +136,37 @@ bh_sr_conn_t *bh_sr_lookup(const bh_sr_req_t *rq) {
     return c;
 }
 
-/* ---- connection limits ---- */
+/* ---- routing and connection limits ---- */
 
-struct bh_sr_keycount {
-    struct bh_sr_keycount *next;
-    uint64_t hash;
-    size_t count;
-    char key_id[BH_SR_ID_MAX + 1];
-};
-
-static uint64_t key_hash(const bh_sr_server_t *s, const char *key_id) {
-    uint64_t h = 1469598103934665603ull ^ s->hash_seed; /* FNV-1a, seeded */
-    for (; *key_id; key_id++) {
-        h ^= (unsigned char)*key_id;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
-static struct bh_sr_keycount **key_slot(const bh_sr_server_t *s, const char *key_id,
-                                        uint64_t hash) {
-    struct bh_sr_keycount **p = &s->kbuckets[hash & (s->nkbuckets - 1)];
-    for (; *p; p = &(*p)->next)
-        if ((*p)->hash == hash && strcmp((*p)->key_id, key_id) == 0)
-            break;
-    return p;
-}
-
-static size_t key_count(const bh_sr_server_t *s, const char *key_id) {
-    if (!s->nkbuckets)
+int bh_sr_route(const bh_sr_req_t *rq, const char *token, size_t n) {
+    bh_httpd_t *to;
+    /* One hop at most: the owner may have ended the session (or another server taken the
+     * token) since the request left; it is then as unknown as anywhere. */
+    if (bh_http_conn_migrated(rq->hc))
         return 0;
-    struct bh_sr_keycount *k = *key_slot(s, key_id, key_hash(s, key_id));
-    return k ? k->count : 0;
+    bh_sr_server_t *owner = bh_sr_owner_find(rq->s->shared, token, n, &to);
+    if (!owner || owner == rq->s || !to)
+        return 0;
+    /* Other failures close the connection (503 if it can); BH_EINVAL leaves it to us. */
+    return bh_http_migrate(rq->hc, to) != BH_EINVAL;
 }
 
-/* Double the table (or make the first one); a failure keeps the old one. */
-static int key_grow(bh_sr_server_t *s) {
-    size_t n = s->nkbuckets ? s->nkbuckets * 2 : 64;
-    struct bh_sr_keycount **b = calloc(n, sizeof *b);
-    if (!b)
-        return BH_ENOMEM;
-    for (size_t i = 0; i < s->nkbuckets; i++) {
-        for (struct bh_sr_keycount *k = s->kbuckets[i], *next; k; k = next) {
-            next = k->next;
-            k->next = b[k->hash & (n - 1)];
-            b[k->hash & (n - 1)] = k;
-        }
-    }
-    free(s->kbuckets);
-    s->kbuckets = b;
-    s->nkbuckets = n;
-    return BH_OK;
-}
-
-int bh_sr_key_acquire(bh_sr_server_t *s, const char *key_id) {
-    if (s->nkeys >= s->nkbuckets && key_grow(s) < 0 && !s->nkbuckets)
-        return BH_ENOMEM;
-    uint64_t hash = key_hash(s, key_id);
-    struct bh_sr_keycount **p = key_slot(s, key_id, hash);
-    if (!*p) {
-        struct bh_sr_keycount *k = calloc(1, sizeof *k);
-        if (!k)
-            return BH_ENOMEM;
-        k->hash = hash;
-        snprintf(k->key_id, sizeof k->key_id, "%s", key_id);
-        *p = k;
-        s->nkeys++;
-    }
-    (*p)->count++;
-    return BH_OK;
-}
-
-void bh_sr_key_release(bh_sr_server_t *s, const char *key_id) {
-    if (!s->nkbuckets)
-        return;
-    struct bh_sr_keycount **p = key_slot(s, key_id, key_hash(s, key_id));
-    struct bh_sr_keycount *k = *p;
-    if (!k || --k->count > 0)
-        return;
-    *p = k->next;
-    free(k);
-    s->nkeys--;
-}
-
-int bh_sr_admit(const bh_sr_req_t *rq, const char *key_id) {
-    bh_sr_server_t *s = rq->s;
+int bh_sr_admit(const bh_sr_req_t *rq, const char *key_id, int take) {
     static const char per_key[] = "{\"error\":\"too many connections for this API key\"}";
     static const char total[] = "{\"error\":\"server at connection limit\"}";
-    if (s->nconns >= s->cfg.max_conns) {
+    int r = bh_sr_shared_acquire(rq->s->shared, key_id, take);
+    if (r == BH_ETOOBIG) {
         bh_sr_reply(rq, 503, "application/json", "Cache-Control: no-store\r\n", total,
                     sizeof total - 1);
         bh_metric_add(BH_M_LIMIT_CONNS_TOTAL, 1);
-        return BH_ELIMIT;
-    }
-    if (key_count(s, key_id) >= s->cfg.max_conns_per_key) {
+    } else if (r == BH_ELIMIT) {
         bh_sr_reply(rq, 429, "application/json", "Cache-Control: no-store\r\n", per_key,
                     sizeof per_key - 1);
         bh_metric_add(BH_M_LIMIT_CONNS_PER_KEY, 1);
-        return BH_ELIMIT;
+    } else if (r < 0) {
+        bh_sr_reply_text(rq, 500, "out of memory");
     }
-    return BH_OK;
+    return r < 0 ? BH_ELIMIT : BH_OK;
 }
 
 /* ---- CORS ---- */
@@ -328,13 +260,13 @@ static void negotiate(bh_sr_req_t *rq) {
         bh_metric_add(BH_M_LIMIT_CONNS_TOTAL, 1);
         return;
     }
-    if (bh_sr_admit(rq, key_id) < 0)
+    if (bh_sr_admit(rq, key_id, 0) < 0)
         return;
     char token[BH_SR_TOKEN_CHARS + 1], id[BH_SR_CONN_ID_CHARS + 1];
     bh_sr_token_new(s, rq->now, key_id, stateful, token, id);
     bh_sr_conn_t *c =
         bh_sr_session_new(s, user_id, key_id, id, token, rq->now + BH_SR_TOKEN_TTL_MS);
-    if (!c || bh_sr_registry_add(s, c) < 0) {
+    if (!c || bh_sr_registry_add(s, c) < 0) { /* (a random token is never taken) */
         if (c)
             bh_sr_session_free_pending(c);
         bh_sr_reply_text(rq, 500, "out of memory");
@@ -463,26 +395,7 @@ int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, s
     snprintf(s->negotiate_path, sizeof s->negotiate_path, "%s/negotiate", cfg->hub_path);
     s->cfg.hub_path = s->hub_path;
     s->cfg.cors_origins = NULL; /* parsed below, not kept */
-    if (!s->cfg.lp_poll_timeout_ms)
-        s->cfg.lp_poll_timeout_ms = 90000;
-    if (!s->cfg.reconnect_window_ms)
-        s->cfg.reconnect_window_ms = 30000;
-    if (!s->cfg.replay_max_bytes)
-        s->cfg.replay_max_bytes = 1 << 20;
-    if (!s->cfg.replay_max_messages)
-        s->cfg.replay_max_messages = 16384;
-    if (!s->cfg.lp_max_queued)
-        s->cfg.lp_max_queued = 1 << 20;
-    if (!s->cfg.max_batch)
-        s->cfg.max_batch = 1 << 20;
-    if (!s->cfg.max_conns_per_key)
-        s->cfg.max_conns_per_key = 32;
-    if (!s->cfg.max_conns)
-        s->cfg.max_conns = 100000;
-    if (!(s->cfg.auth_fail_rate > 0))
-        s->cfg.auth_fail_rate = 1;
-    if (!s->cfg.auth_fail_burst)
-        s->cfg.auth_fail_burst = 20;
+    bh_sr_config_fill(&s->cfg);
     s->methods = methods;
     s->nmethods = nmethods;
     s->hooks = *hooks;
@@ -491,12 +404,13 @@ int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, s
     bh_buf_init(&s->wire, 0);
     if (cfg->cors_origins && parse_origins(s, cfg->cors_origins) < 0)
         goto fail;
-    if (RAND_bytes(s->secret, sizeof s->secret) != 1 ||
-        RAND_bytes((unsigned char *)&s->hash_seed, sizeof s->hash_seed) != 1)
-        goto fail;
-    if (bh_sr_throttle_new(s->cfg.auth_fail_rate, (double)s->cfg.auth_fail_burst,
-                           BH_SR_THROTTLE_MAX, s->hash_seed, &s->throttle) < 0)
-        goto fail;
+    s->shared = cfg->shared;
+    if (!s->shared) {
+        if (bh_sr_shared_new(&s->cfg, &s->shared) < 0)
+            goto fail;
+        s->own_shared = 1;
+    }
+    bh_sr_shared_secret(s->shared, s->secret);
     *out = s;
     return BH_OK;
 fail:
@@ -527,13 +441,8 @@ void bh_sr_server_free(bh_sr_server_t *s) {
         return;
     bh_sr_server_shutdown(s);
     bh_sr_registry_free(s);
-    for (size_t i = 0; i < s->nkbuckets; i++) /* empty by now; never leak on a bug */
-        for (struct bh_sr_keycount *k = s->kbuckets[i], *next; k; k = next) {
-            next = k->next;
-            free(k);
-        }
-    free(s->kbuckets);
-    bh_sr_throttle_free(s->throttle);
+    if (s->own_shared)
+        bh_sr_shared_free(s->shared);
     free(s->cors_list);
     bh_buf_free(&s->msg);
     bh_buf_free(&s->wire);
@@ -543,4 +452,8 @@ void bh_sr_server_free(bh_sr_server_t *s) {
 
 size_t bh_sr_server_connections(const bh_sr_server_t *s) {
     return s->nconns;
+}
+
+void bh_sr_server_set_httpd(bh_sr_server_t *s, bh_httpd_t *h) {
+    bh_sr_owner_set_httpd(s->shared, s, h);
 }

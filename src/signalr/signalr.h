@@ -16,6 +16,8 @@
 
 typedef struct bh_sr_server bh_sr_server_t;
 typedef struct bh_sr_conn bh_sr_conn_t;
+/* What the servers of all I/O threads share (see bh_sr_shared_new). */
+typedef struct bh_sr_shared bh_sr_shared_t;
 
 /* A hub method. Validate args (the JSON array of arguments), send any events, and return
  * BH_OK (Completion with result null) or set *error to a static message (Completion error). */
@@ -66,7 +68,18 @@ typedef struct {
      * key not looked at, until a token is back. */
     double auth_fail_rate;
     size_t auth_fail_burst;
+    /* The state shared with the servers of the other threads: the limits above (counted across
+     * them all; a shared one's limits and auth_fail_* apply, the server's own are not used), the
+     * failed-authentication table, which server owns each session, the token secret. NULL:
+     * the server makes a private one. */
+    bh_sr_shared_t *shared;
 } bh_sr_config_t;
+
+/* Once per process, before the servers; its limits (max_conns_per_key, max_conns,
+ * auth_fail_rate, auth_fail_burst; 0 selects the default) come from cfg. Thread-safe inside;
+ * free it after every server using it is freed. BH_ENOMEM. */
+int bh_sr_shared_new(const bh_sr_config_t *cfg, bh_sr_shared_t **out);
+void bh_sr_shared_free(bh_sr_shared_t *sh);
 
 int bh_sr_server_new(const bh_sr_config_t *cfg, const bh_sr_method_t *methods, size_t nmethods,
                      const bh_sr_hooks_t *hooks, void *ud, bh_sr_server_t **out);
@@ -80,9 +93,13 @@ void bh_sr_server_close_all(bh_sr_server_t *s, const char *error, int allow_reco
 void bh_sr_server_shutdown(bh_sr_server_t *s);
 void bh_sr_server_free(bh_sr_server_t *s);
 size_t bh_sr_server_connections(const bh_sr_server_t *s);
+/* The httpd of the server's thread: requests for sessions this server owns that reach another
+ * thread's server migrate to it (bh_http_migrate). Until set, none are migrated here. */
+void bh_sr_server_set_httpd(bh_sr_server_t *s, bh_httpd_t *h);
 
-/* Route an HTTP request. Returns 1 when the path belongs to the hub (answered or upgraded),
- * 0 when it does not (the caller answers). */
+/* Route an HTTP request. Returns 1 when the path belongs to the hub (answered, upgraded, or
+ * migrated to the thread whose server owns the session it names), 0 when it does not (the
+ * caller answers). */
 int bh_sr_handle_http(bh_sr_server_t *s, bh_http_conn_t *hc, const bh_http_request_t *req,
                       const char *body, size_t len);
 

@@ -183,10 +183,11 @@ const bh_sr_transport_t bh_sr_lp_transport = {
 
 void bh_sr_lp_poll(bh_sr_req_t *rq, bh_sr_conn_t *c) {
     if (c->state == BH_SR_PENDING) {
-        if (bh_sr_admit(rq, c->key_id) < 0)
+        if (bh_sr_admit(rq, c->key_id, 1) < 0)
             return;
         sr_lp_t *lp = calloc(1, sizeof *lp);
         if (!lp) {
+            bh_sr_shared_release(rq->s->shared, c->key_id);
             bh_sr_reply_text(rq, 500, "out of memory");
             return;
         }

@@ -112,10 +112,11 @@ void bh_sr_sse_request(bh_sr_req_t *rq, bh_sr_conn_t *c) {
                              : "This connection uses another transport.");
         return;
     }
-    if (bh_sr_admit(rq, c->key_id) < 0)
+    if (bh_sr_admit(rq, c->key_id, 1) < 0)
         return;
     sr_sse_t *e = calloc(1, sizeof *e);
     if (!e) {
+        bh_sr_shared_release(rq->s->shared, c->key_id);
         bh_sr_reply_text(rq, 500, "out of memory");
         return;
     }
@@ -125,6 +126,7 @@ void bh_sr_sse_request(bh_sr_req_t *rq, bh_sr_conn_t *c) {
     snprintf(extra, sizeof extra, "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n%s",
              rq->cors);
     if (bh_http_respond_stream(rq->hc, 200, "text/event-stream", extra, &sse_ops, e) < 0) {
+        bh_sr_shared_release(rq->s->shared, c->key_id);
         free(e);
         return;
     }

@@ -152,7 +152,7 @@ const bh_sr_transport_t bh_sr_ws_transport = {
 
 /* Which session the upgrade is for: *c an existing one (or NULL for a new session, with id
  * and *stateful set), *resume when it takes a stateful session back. BH_OK, or the answer
- * was sent. */
+ * was sent (or the request migrated to the thread that owns the session). */
 static int find_session(bh_sr_req_t *rq, const char *key_id, bh_sr_conn_t **c, int *resume,
                         char id[BH_SR_CONN_ID_CHARS + 1], char token[BH_SR_TOKEN_CHARS + 1],
                         int *stateful) {
@@ -190,6 +190,8 @@ static int find_session(bh_sr_req_t *rq, const char *key_id, bh_sr_conn_t **c, i
         *c = found;
         return BH_OK;
     }
+    if (bh_sr_route(rq, t, (size_t)tl))
+        return BH_EAGAIN;
     /* Not known here (negotiated on another node): the signed token alone proves it. Not so
      * for stateful reconnect, whose session lives on one node: unknown here means gone, and a
      * resuming client must hear 404 rather than get a fresh session it cannot use. */
@@ -227,8 +229,9 @@ void bh_sr_ws_request(bh_sr_req_t *rq) {
     char id[BH_SR_CONN_ID_CHARS + 1], token[BH_SR_TOKEN_CHARS + 1], accept[29];
     if (find_session(rq, key_id, &c, &resume, id, token, &stateful) < 0)
         return;
-    if (!resume && bh_sr_admit(rq, key_id) < 0) /* a session starts: within the limits? */
+    if (!resume && bh_sr_admit(rq, key_id, 1) < 0) /* a session starts: within the limits? */
         return;
+    int r = BH_ENOMEM;
     sr_ws_t *w = calloc(1, sizeof *w);
     if (!w || bh_ws_accept_key(key, klen, accept) < 0)
         goto fail;
@@ -242,8 +245,8 @@ void bh_sr_ws_request(bh_sr_req_t *rq) {
         if (!c)
             goto fail;
         c->stateful_ok = stateful && !s->cfg.no_stateful_reconnect;
-        if (token[0] && bh_sr_registry_add(s, c) < 0) {
-            bh_sr_session_free_pending(c);
+        if (token[0] && (r = bh_sr_registry_add(s, c)) < 0) {
+            bh_sr_session_free_pending(c); /* not yet counted: the slot is given back below */
             goto fail;
         }
     }
@@ -272,8 +275,13 @@ void bh_sr_ws_request(bh_sr_req_t *rq) {
     }
     return;
 fail:
+    if (!resume)
+        bh_sr_shared_release(s->shared, key_id);
     if (w)
         bh_ws_free(w->ws);
     free(w);
-    bh_sr_reply_text(rq, 500, "out of memory");
+    if (r == BH_EEXIST) /* another thread's WebSocket took the same token a moment ago */
+        bh_sr_reply_text(rq, 409, "A WebSocket is already connected for this connection.");
+    else
+        bh_sr_reply_text(rq, 500, "out of memory");
 }

@@ -42,6 +42,7 @@ const OPTIONS = {
   data: './data',
   store: 'sqlite:DIR/balancehub.db',
   demo: 'false',
+  threads: 'number of CPUs',
   'hub-path': '/ExecutionLiveServer/v1',
   'keepalive-ms': '15000',
   'client-timeout-ms': '30000',

@@ -195,7 +195,19 @@ export async function startServer({ dataDir, demo = true, extraArgs = [], ownDat
     ownAdmin.push('--admin-listen', adminListen);
   }
   const expectAdmin = adminListen !== 'off';
-  const args = ['serve', '--listen', '127.0.0.1:0', ...ownAdmin, '--data', dir, ...(demo ? ['--demo'] : []), ...extraArgs];
+  // Two I/O threads unless the caller picks (flag, env BALANCEHUB_THREADS or config file): every
+  // test then also crosses threads (connections migrate, updates are posted to both loops).
+  const configThreads = () => {
+    try {
+      return /^[ \t]*threads[ \t]*=/m.test(readFileSync(configFile, 'utf8')) ? 'file' : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const envThreads = (env && 'BALANCEHUB_THREADS' in env ? env.BALANCEHUB_THREADS : process.env.BALANCEHUB_THREADS) || undefined;
+  const callerThreads = flagValue(extraArgs, 'threads') ?? envThreads ?? (configFile ? configThreads() : undefined);
+  const ownThreads = callerThreads === undefined ? ['--threads', '2'] : [];
+  const args = ['serve', '--listen', '127.0.0.1:0', ...ownAdmin, ...ownThreads, '--data', dir, ...(demo ? ['--demo'] : []), ...extraArgs];
   const childEnv = { ...process.env };
   for (const [k, v] of Object.entries(env ?? {})) {
     if (v === undefined) delete childEnv[k];

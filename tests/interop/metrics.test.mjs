@@ -255,6 +255,7 @@ test('/metrics: exposition format 0.0.4, every family documented, only on the op
     bh_bytes_received_total: 'counter',
     bh_bytes_sent_total: 'counter',
     bh_tls_handshake_failures_total: 'counter',
+    bh_connection_migrations_total: 'counter',
     bh_http_requests_total: 'counter',
     bh_hub_connections: 'gauge',
     bh_hub_invocations_total: 'counter',

@@ -349,8 +349,8 @@ static void check_exposition(const char *text) {
             fail_msg("family %s: help %d type %d samples %d", fam[i].name, fam[i].help,
                      fam[i].typed, fam[i].samples);
     }
-    /* 14 families of the table + histogram + start time + ready. */
-    assert_int_equal(nfam, 17);
+    /* 15 families of the table + histogram + start time + ready. */
+    assert_int_equal(nfam, 18);
 }
 
 static void test_wellformed(void **state) {
@@ -361,7 +361,7 @@ static void test_wellformed(void **state) {
     int lines = 0;
     for (const char *p = t; *p; p++)
         lines += *p == '\n';
-    assert_int_equal(lines, BH_M_COUNT + 14 + 2 + 2 + 2 * 17);
+    assert_int_equal(lines, BH_M_COUNT + 14 + 2 + 2 + 2 * 18);
     free(t);
 }
 
