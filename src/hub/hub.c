@@ -4,6 +4,7 @@
  * most once and in order. One per I/O thread; group.c ties them together. */
 #include "hub.h"
 
+#include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +44,7 @@ struct bh_hub {
     bh_ledger_t *ledger;
     const bh_keyring_t *keyring;
     bh_buf_t env;         /* envelope scratch */
+    bh_buf_t env_mp;      /* the same envelope as MessagePack, for MessagePack connections */
     hub_user_t **buckets; /* user id -> its connections; chained, power-of-two size */
     size_t nbuckets, nusers;
     uint64_t round;        /* fan-out counter, see hub_conn_t.round */
@@ -171,6 +173,36 @@ int bh_hub_write_envelope(bh_buf_t *b, const char *subject, const char *type, co
     return r;
 }
 
+static int mp_write(void *data, const char *p, size_t n) {
+    return bh_buf_append(data, p, n);
+}
+
+static int mp_cstr(msgpack_packer *pk, const char *s) {
+    return msgpack_pack_str_with_body(pk, s, strlen(s));
+}
+
+/* Key-value pairs of the envelope map, in the JSON envelope's order: the bytes the SignalR
+ * transcoder would make of bh_hub_write_envelope's text. */
+int bh_hub_write_envelope_mp(bh_buf_t *b, const char *subject, const char *type,
+                             const char *client_id, const char *data_mp, size_t data_len) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, b, mp_write);
+    int r = msgpack_pack_map(&pk, 6);
+    if (r == 0 && (r = mp_cstr(&pk, "channel")) == 0)
+        r = mp_cstr(&pk, BH_HUB_EVENT);
+    if (r == 0 && (r = mp_cstr(&pk, "topic")) == 0)
+        r = mp_cstr(&pk, "account.balances");
+    if (r == 0 && (r = mp_cstr(&pk, "subject")) == 0)
+        r = mp_cstr(&pk, subject);
+    if (r == 0 && (r = mp_cstr(&pk, "type")) == 0)
+        r = mp_cstr(&pk, type);
+    if (r == 0 && (r = mp_cstr(&pk, "clientId")) == 0)
+        r = client_id ? mp_cstr(&pk, client_id) : msgpack_pack_nil(&pk);
+    if (r == 0 && (r = mp_cstr(&pk, "data")) == 0)
+        r = bh_buf_append(b, data_mp, data_len);
+    return r;
+}
+
 /* An event whose data is {"message": msg}. */
 static int send_message_event(bh_hub_t *h, bh_sr_conn_t *c, const char *subject,
                               const char *client_id, const char *msg) {
@@ -218,6 +250,24 @@ static const char *check_client_id(const bh_json_t *args, const bh_json_t **id) 
     return NULL;
 }
 
+/* Send snap's envelope to c, built in c's protocol only (MessagePack from the snapshot's cached
+ * bytes, or JSON; a snapshot without MessagePack bytes goes as JSON, transcoded). */
+static int send_snapshot(bh_hub_t *h, bh_sr_conn_t *c, const char *subject, const char *client_id,
+                         const bh_snapshot_t *snap) {
+    int r;
+    if (bh_sr_conn_binary(c) && snap->mp) {
+        bh_buf_reset(&h->env_mp);
+        r = bh_hub_write_envelope_mp(&h->env_mp, subject, "message", client_id, snap->mp,
+                                     snap->mp_len);
+        return r ? r
+                 : bh_sr_send_event_encoded(c, BH_HUB_EVENT, NULL, 0, h->env_mp.data,
+                                            h->env_mp.len);
+    }
+    bh_buf_reset(&h->env);
+    r = bh_hub_write_envelope(&h->env, subject, "message", client_id, snap->json, snap->json_len);
+    return r ? r : bh_sr_send_event(c, BH_HUB_EVENT, h->env.data, h->env.len);
+}
+
 static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const char **error) {
     bh_hub_t *h = ud;
     const bh_json_t *id;
@@ -247,13 +297,9 @@ static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const 
                            "balances are not available for this user");
         return BH_OK;
     }
-    bh_buf_reset(&h->env);
-    int r = bh_hub_write_envelope(&h->env, "account.balances.snapshot", "message", id->str,
-                                  snap->json, snap->json_len);
+    int r = send_snapshot(h, c, "account.balances.snapshot", id->str, snap);
     uint64_t seq = snap->sequence;
     bh_snapshot_release(snap);
-    if (r == 0)
-        r = bh_sr_send_event(c, BH_HUB_EVENT, h->env.data, h->env.len);
     if (r == 0)
         bh_metric_add(BH_M_EVENT_SNAPSHOT, 1);
     hub_conn_t *hcn = bh_sr_conn_data(c);
@@ -351,29 +397,43 @@ static int wants(const hub_conn_t *hc, const bh_snapshot_t *snap, uint64_t round
 }
 
 /* Push snap to every subscribed connection of u. The envelope is built once per distinct
- * clientId and its bytes are sent to every connection subscribed under that clientId. */
+ * clientId and protocol (MessagePack only when one of them speaks it) and its bytes are sent
+ * to every connection subscribed under that clientId. */
 static void fan_out(bh_hub_t *h, hub_user_t *u, const bh_snapshot_t *snap) {
     uint64_t round = ++h->round;
     for (hub_conn_t *hc = u->head; hc; hc = hc->next) {
         if (!wants(hc, snap, round))
             continue;
-        bh_buf_reset(&h->env);
-        int r = bh_hub_write_envelope(&h->env, "account.balances.update", "message", hc->client_id,
-                                      snap->json, snap->json_len);
-        if (r < 0) {
-            /* The client sees the sequence gap on the next update and asks again. */
-            bh_log(BH_LOG_WARN, "cannot build a balances update", BH_LS("error", bh_strerror(r)));
-            continue;
-        }
+        int have_json = 0, have_mp = 0;
         /* Sending never unlinks a connection: even a close forced by a send (slow consumer
          * over the output cap) reaches on_disconnected from a later libuv callback. */
         for (hub_conn_t *o = hc; o; o = o->next) {
-            if (wants(o, snap, round) && same_client_id(o, hc)) {
-                o->round = round;
-                o->last_seq = snap->sequence;
-                if (bh_sr_send_event(o->c, BH_HUB_EVENT, h->env.data, h->env.len) == 0)
-                    bh_metric_add(BH_M_EVENT_UPDATE, 1);
+            if (!wants(o, snap, round) || !same_client_id(o, hc))
+                continue;
+            int r = 0, mp = snap->mp && bh_sr_conn_binary(o->c);
+            if (mp && !have_mp) {
+                bh_buf_reset(&h->env_mp);
+                r = bh_hub_write_envelope_mp(&h->env_mp, "account.balances.update", "message",
+                                             hc->client_id, snap->mp, snap->mp_len);
+                have_mp = r == 0;
+            } else if (!mp && !have_json) {
+                bh_buf_reset(&h->env);
+                r = bh_hub_write_envelope(&h->env, "account.balances.update", "message",
+                                          hc->client_id, snap->json, snap->json_len);
+                have_json = r == 0;
             }
+            if (r < 0) {
+                /* The client sees the sequence gap on the next update and asks again. */
+                bh_log(BH_LOG_WARN, "cannot build a balances update",
+                       BH_LS("error", bh_strerror(r)));
+                continue;
+            }
+            o->round = round;
+            o->last_seq = snap->sequence;
+            if (bh_sr_send_event_encoded(o->c, BH_HUB_EVENT, have_json ? h->env.data : NULL,
+                                         h->env.len, have_mp ? h->env_mp.data : NULL,
+                                         h->env_mp.len) == 0)
+                bh_metric_add(BH_M_EVENT_UPDATE, 1);
         }
     }
 }
@@ -426,6 +486,7 @@ int bh_hub_new(bh_ledger_t *ledger, const bh_keyring_t *keyring, bh_hub_t **out)
     h->ledger = ledger;
     h->keyring = keyring;
     bh_buf_init(&h->env, 0);
+    bh_buf_init(&h->env_mp, 0);
     if (grow(h) < 0) {
         free(h);
         return BH_ENOMEM;
@@ -453,6 +514,7 @@ void bh_hub_free(bh_hub_t *h) {
     }
     free(h->buckets); /* their rate references go with the group */
     bh_buf_free(&h->env);
+    bh_buf_free(&h->env_mp);
     free(h);
 }
 

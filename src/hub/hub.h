@@ -58,6 +58,10 @@ const bh_sr_hooks_t *bh_hub_hooks(void);
  * gives JSON null) and the already-serialized data object. */
 int bh_hub_write_envelope(bh_buf_t *b, const char *subject, const char *type, const char *client_id,
                           const char *data, size_t data_len);
+/* The same envelope as one MessagePack map, data given as MessagePack bytes (a snapshot's
+ * cached mp): exactly what the SignalR transcoder makes of bh_hub_write_envelope's text. */
+int bh_hub_write_envelope_mp(bh_buf_t *b, const char *subject, const char *type,
+                             const char *client_id, const char *data_mp, size_t data_len);
 
 /* A committed change, on the hub's thread (the group posts it; with a single hub it may also be
  * the ledger listener itself). Every subscribed connection of snap->user_id (one that had a

@@ -32,6 +32,10 @@ typedef struct {
     bh_asset_t *assets; /* sorted by name */
     char *json;         /* the `data` object as JSON, exact decimals, seed field order */
     size_t json_len;
+    /* The same object as one MessagePack map (same order; numbers by base/mpnum.h), in json's
+     * allocation; NULL in a snapshot made by hand, whose readers transcode json instead. */
+    const char *mp;
+    size_t mp_len;
 } bh_snapshot_t;
 
 #define BH_OP_MAX_LEGS 32

@@ -1,5 +1,6 @@
-/* Immutable, reference-counted balance snapshots. The `data` JSON is formatted once when the
- * snapshot is built, so every reader afterwards only copies bytes. */
+/* Immutable, reference-counted balance snapshots. The `data` object is serialized once when the
+ * snapshot is built, as JSON and as MessagePack, so every reader afterwards only copies bytes
+ * whichever hub protocol its connection speaks. */
 #include "snapshot.h"
 
 #include <stdint.h>
@@ -9,6 +10,7 @@
 #include "../base/buf.h"
 #include "../base/error.h"
 #include "../base/json.h"
+#include "../base/mpnum.h"
 
 /* Appenders with a sticky error: after the first failure the rest do nothing. */
 static void put_s(bh_buf_t *b, const char *s, int *rc) {
@@ -72,6 +74,67 @@ static int format_json(const bh_snapshot_t *s, bh_buf_t *b) {
     return rc;
 }
 
+/* ---- MessagePack: what the SignalR transcoder makes of format_json's text, built directly ----
+ * Same members in the same order, strings as str, numbers by base/mpnum.h's rule on the same
+ * decimal text; the packer writes straight into the buffer and its errors stick in *rc. */
+
+static int mp_write(void *data, const char *p, size_t n) {
+    return bh_buf_append(data, p, n);
+}
+
+static void mp_str(msgpack_packer *pk, const char *s, int *rc) {
+    if (*rc == BH_OK)
+        *rc = msgpack_pack_str_with_body(pk, s, strlen(s));
+}
+
+static void mp_num(msgpack_packer *pk, const char *text, size_t n, int *rc) {
+    if (*rc == BH_OK)
+        *rc = bh_mpnum_pack(pk, text, n);
+}
+
+static void mp_dec(msgpack_packer *pk, const char *name, bh_dec_t d, int *rc) {
+    char num[BH_DEC_STRLEN];
+    size_t n = bh_dec_format(d, num);
+    mp_str(pk, name, rc);
+    mp_num(pk, num, n, rc);
+}
+
+static int format_mp(const bh_snapshot_t *s, bh_buf_t *b) {
+    msgpack_packer pk;
+    char seq[21];
+    int rc = BH_OK;
+
+    msgpack_packer_init(&pk, b, mp_write);
+    seq[bh_snapshot_u64(s->sequence, seq)] = '\0';
+    if ((rc = msgpack_pack_map(&pk, 7)) == BH_OK)
+        mp_str(&pk, "userId", &rc);
+    mp_str(&pk, s->user_id, &rc);
+    mp_str(&pk, "sequence", &rc);
+    mp_num(&pk, seq, strlen(seq), &rc);
+    mp_str(&pk, "assets", &rc);
+    if (rc == BH_OK)
+        rc = msgpack_pack_array(&pk, s->nassets);
+    for (size_t i = 0; i < s->nassets; i++) {
+        const bh_asset_t *a = &s->assets[i];
+        if (rc == BH_OK)
+            rc = msgpack_pack_map(&pk, 5);
+        mp_str(&pk, "name", &rc);
+        mp_str(&pk, a->name, &rc);
+        mp_dec(&pk, "available", a->available, &rc);
+        mp_dec(&pk, "allocated", a->allocated, &rc);
+        mp_dec(&pk, "currentExposure", a->current_exposure, &rc);
+        mp_dec(&pk, "maxExposure", a->max_exposure, &rc);
+    }
+    mp_str(&pk, "baseCurrency", &rc);
+    mp_str(&pk, s->base_currency, &rc);
+    mp_dec(&pk, "totalCurrentExposure", s->total_current_exposure, &rc);
+    mp_dec(&pk, "totalMaxExposure", s->total_max_exposure, &rc);
+    mp_str(&pk, "deleted", &rc);
+    if (rc == BH_OK)
+        rc = s->deleted ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
+    return rc;
+}
+
 /* The assets live in the same allocation as the snapshot (see bh_snapshot_new). */
 static void snapshot_free(bh_snapshot_t *s) {
     free(s->json);
@@ -90,6 +153,7 @@ int bh_snapshot_new(const char *user_id, uint64_t sequence, const char *base_cur
                     const bh_asset_t *assets, size_t n, bh_snapshot_t **out) {
     bh_snapshot_t *s;
     bh_buf_t b;
+    size_t json_len;
     int rc;
 
     *out = NULL;
@@ -112,14 +176,25 @@ int bh_snapshot_new(const char *user_id, uint64_t sequence, const char *base_cur
     }
     s->nassets = n;
     bh_buf_init(&b, 0);
-    if ((rc = format_json(s, &b)) != BH_OK) {
+    /* JSON, its NUL, then the MessagePack bytes: one buffer, whose storage (malloc'd) becomes
+     * the snapshot's. The MessagePack form is about as long as the JSON: reserved up front. */
+    rc = format_json(s, &b);
+    json_len = b.len;
+    if (rc == BH_OK)
+        rc = bh_buf_appendc(&b, '\0');
+    if (rc == BH_OK)
+        rc = bh_buf_reserve(&b, json_len + 64);
+    if (rc == BH_OK)
+        rc = format_mp(s, &b);
+    if (rc != BH_OK) {
         bh_buf_free(&b);
         snapshot_free(s);
         return rc;
     }
-    /* The buffer's storage (malloc'd, NUL-terminated) becomes the snapshot's. */
     s->json = b.data;
-    s->json_len = b.len;
+    s->json_len = json_len;
+    s->mp = b.data + json_len + 1;
+    s->mp_len = b.len - json_len - 1;
     *out = s;
     return BH_OK;
 }

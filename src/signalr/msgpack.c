@@ -10,6 +10,8 @@
  *   strtod from the exact decimal text: correctly rounded to the nearest double, ties to even.
  *   So 0.1 travels as the double nearest 0.1, and amounts keep 15-17 significant digits; a client
  *   that needs every digit of an amount uses the JSON protocol. Overflow to infinity is BH_ERANGE.
+ *   The rule is base/mpnum.h's: the ledger packs a snapshot's cached MessagePack `data` by it,
+ *   so those bytes equal what this transcoder makes of the snapshot's JSON.
  * - Inbound: ints are copied exactly; float32/float64 become the shortest decimal text that reads
  *   back to the same value, laid out as JavaScript's Number#toString does (what the JSON protocol
  *   carries for the same client call); NaN and infinities become null, as in JSON.stringify.
@@ -28,6 +30,7 @@
 #include <string.h>
 
 #include "../base/error.h"
+#include "../base/mpnum.h"
 #include "../base/spare.h"
 
 /* Containers open at once, the message array included: the same limit as the JSON parser's, so
@@ -600,28 +603,10 @@ static int pack_cstr(msgpack_packer *pk, const char *s) {
     return rc ? rc : msgpack_pack_str_body(pk, s, n);
 }
 
-/* A JSON number: an exact int when it is an integer that fits 64 bits, else the double nearest
- * its decimal text (see the file header). */
+/* A JSON number: base/mpnum.h's rule (see the file header), which the ledger's cached
+ * MessagePack snapshots follow too. */
 static int pack_number(msgpack_packer *pk, const bh_json_t *v) {
-    int64_t i;
-    if (bh_json_int(v, &i) == 0)
-        return msgpack_pack_int64(pk, i);
-    if (!strpbrk(v->str, "-.eE")) { /* a non-negative integer past INT64_MAX */
-        uint64_t u = 0;
-        size_t k = 0;
-        for (; k < v->len; k++) {
-            uint64_t digit = (uint64_t)(v->str[k] - '0');
-            if (u > (UINT64_MAX - digit) / 10)
-                break;
-            u = u * 10 + digit;
-        }
-        if (k == v->len)
-            return msgpack_pack_uint64(pk, u);
-    }
-    double d = strtod(v->str, NULL);
-    if (isinf(d))
-        return BH_ERANGE;
-    return msgpack_pack_double(pk, d);
+    return bh_mpnum_pack(pk, v->str, v->len);
 }
 
 static int pack_json(msgpack_packer *pk, const bh_json_t *v) {
@@ -694,6 +679,21 @@ fail:
     return rc;
 }
 
+/* The same message with its argument given as MessagePack bytes (a snapshot's envelope built
+ * once for many connections): copied in as they are, nothing parsed. */
+static int write_invocation_encoded(bh_buf_t *b, const char *target, const char *arg, size_t len) {
+    size_t start = b->len;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, b, buf_write);
+    int rc = msgpack_pack_array(&pk, 6);
+    if (!rc && !(rc = msgpack_pack_int(&pk, BH_SR_INVOCATION)) &&
+        !(rc = msgpack_pack_map(&pk, 0)) && !(rc = msgpack_pack_nil(&pk)) &&
+        !(rc = pack_cstr(&pk, target)) && !(rc = msgpack_pack_array(&pk, 1)) &&
+        !(rc = bh_buf_append(b, arg, len)))
+        rc = msgpack_pack_array(&pk, 0);
+    return finish(b, start, rc);
+}
+
 static int write_ping(bh_buf_t *b) {
     return bh_buf_append(b, "\x02\x91\x06", 3); /* always exactly [6] */
 }
@@ -741,6 +741,7 @@ const bh_sr_protocol_t bh_sr_msgpack_protocol = {
     .parse = parse,
     .write_completion = write_completion,
     .write_invocation = write_invocation,
+    .write_invocation_encoded = write_invocation_encoded,
     .write_ping = write_ping,
     .write_close = write_close,
     .write_ack = write_ack,

@@ -250,6 +250,7 @@ const bh_sr_protocol_t bh_sr_json_protocol = {
     .parse = bh_sr_parse_message,
     .write_completion = bh_sr_write_completion,
     .write_invocation = bh_sr_write_invocation,
+    .write_invocation_encoded = bh_sr_write_invocation, /* the argument is JSON text here */
     .write_ping = bh_sr_write_ping,
     .write_close = bh_sr_write_close,
     .write_ack = write_ack,

@@ -49,6 +49,9 @@ typedef struct {
     /* Append one complete framed message. arg_json: the single argument, as JSON text. */
     int (*write_completion)(bh_buf_t *b, const char *invocation_id, const char *error);
     int (*write_invocation)(bh_buf_t *b, const char *target, const char *arg_json, size_t len);
+    /* The same Invocation with its single argument already encoded in this protocol (JSON text,
+     * or one MessagePack value), copied as it is. */
+    int (*write_invocation_encoded)(bh_buf_t *b, const char *target, const char *arg, size_t len);
     int (*write_ping)(bh_buf_t *b);
     int (*write_close)(bh_buf_t *b, const char *error, int allow_reconnect);
     int (*write_ack)(bh_buf_t *b, uint64_t sequence_id);

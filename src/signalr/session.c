@@ -362,6 +362,21 @@ int bh_sr_send_event(bh_sr_conn_t *c, const char *target, const char *arg_json, 
     return r ? r : send_msg(c, 1);
 }
 
+int bh_sr_send_event_encoded(bh_sr_conn_t *c, const char *target, const char *json, size_t json_len,
+                             const char *mp, size_t mp_len) {
+    if (!c->handshaken || c->closing || c->finished)
+        return BH_ECLOSED;
+    if (c->binary && !mp) /* no MessagePack form given: transcode the JSON one */
+        return json ? bh_sr_send_event(c, target, json, json_len) : BH_EINVAL;
+    if (!c->binary && !json)
+        return BH_EINVAL;
+    bh_buf_t *m = &c->srv->msg;
+    bh_buf_reset(m);
+    int r = c->binary ? c->proto->write_invocation_encoded(m, target, mp, mp_len)
+                      : c->proto->write_invocation_encoded(m, target, json, json_len);
+    return r ? r : send_msg(c, 1);
+}
+
 static void send_completion(bh_sr_conn_t *c, const char *invocation_id, const char *error) {
     bh_buf_t *m = &c->srv->msg;
     bh_buf_reset(m);
@@ -817,4 +832,8 @@ void bh_sr_conn_set_data(bh_sr_conn_t *c, void *ud) {
 
 void *bh_sr_conn_data(const bh_sr_conn_t *c) {
     return c->app;
+}
+
+int bh_sr_conn_binary(const bh_sr_conn_t *c) {
+    return c->binary;
 }

@@ -112,6 +112,15 @@ void *bh_sr_conn_data(const bh_sr_conn_t *c);
  * (transcoded for MessagePack). Never ends the connection synchronously: a close it causes
  * reaches on_disconnected from a later loop callback. */
 int bh_sr_send_event(bh_sr_conn_t *c, const char *target, const char *arg_json, size_t len);
+/* The same with the argument given pre-encoded for both protocols: json (JSON text) and mp (one
+ * MessagePack value), each copied as it is into the message of the connection's protocol.
+ * Either may be NULL when the connection does not speak that protocol (bh_sr_conn_binary);
+ * a MessagePack connection given only json gets it transcoded. BH_EINVAL when the one needed
+ * is missing. */
+int bh_sr_send_event_encoded(bh_sr_conn_t *c, const char *target, const char *json, size_t json_len,
+                             const char *mp, size_t mp_len);
+/* 1 when the connection speaks the MessagePack protocol (after its handshake), else 0. */
+int bh_sr_conn_binary(const bh_sr_conn_t *c);
 /* Send a Close message (error may be NULL) and close the connection; on_disconnected follows
  * from a later loop callback. */
 void bh_sr_close(bh_sr_conn_t *c, const char *error, int allow_reconnect);
