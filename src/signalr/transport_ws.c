@@ -8,6 +8,7 @@
 
 #include "../base/error.h"
 #include "../base/log.h"
+#include "../base/metrics.h"
 #include "../ws/ws.h"
 #include "internal.h"
 
@@ -68,7 +69,8 @@ static void on_data(void *ud, const char *data, size_t len) {
     sr_ws_t *w = ud;
     if (w->c)
         w->c->last_recv_ms = bh_sr_session_now(w->c); /* WebSocket pings count too */
-    bh_ws_feed(w->ws, data, len);
+    if (bh_ws_feed(w->ws, data, len) == BH_EPROTO && bh_ws_error_code(w->ws) == 1009)
+        bh_metric_add(BH_M_LIMIT_REQUEST_SIZE, 1); /* a WebSocket message over --max-body */
     ws_flush(w);
     if (!w->closing && bh_ws_peer_close_code(w->ws) != 0)
         w->closing = 1; /* wslay answered the peer's close; nothing more goes out */

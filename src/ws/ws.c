@@ -59,7 +59,8 @@ struct bh_ws {
     size_t pend_off, pend_len, pend_cap;
     size_t pend_head; /* bytes at pend_off that finish a frame already partly flushed */
     uint16_t peer_code;
-    uint8_t hdr[14]; /* a frame header split across feeds */
+    uint16_t fail_code; /* the code of the Close answering a protocol error of the peer */
+    uint8_t hdr[14];    /* a frame header split across feeds */
     uint8_t hdr_len;
     uint8_t key[4]; /* the current frame's masking key */
     uint8_t phase;  /* offset of the next payload byte in the current frame, mod 4 */
@@ -389,6 +390,8 @@ static int msg_reserve(bh_ws_t *ws, size_t need) {
 /* Answer a protocol error with a Close carrying code (unless a Close is queued already: only
  * one may be sent) and read nothing more. */
 static int fail(bh_ws_t *ws, uint16_t code) {
+    if (!ws->fail_code)
+        ws->fail_code = code;
     if (!(ws->flags & F_CLOSE_QUEUED) && queue_close(ws, code, NULL, 0) != BH_OK)
         ws->flags |= F_CLOSE_QUEUED; /* no Close possible: send nothing more either */
     ws->flags |= F_FAILED;
@@ -748,4 +751,8 @@ int bh_ws_finished(const bh_ws_t *ws) {
 
 uint16_t bh_ws_peer_close_code(const bh_ws_t *ws) {
     return ws->peer_code;
+}
+
+uint16_t bh_ws_error_code(const bh_ws_t *ws) {
+    return ws->fail_code;
 }

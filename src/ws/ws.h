@@ -46,5 +46,8 @@ int bh_ws_flush(bh_ws_t *ws, bh_buf_t *out);
 int bh_ws_finished(const bh_ws_t *ws);
 /* Close code received from the peer (0 when none yet). */
 uint16_t bh_ws_peer_close_code(const bh_ws_t *ws);
+/* Close code this side answered a protocol error of the peer with (1002, 1007, 1009; 0 when
+ * none), e.g. to count oversized messages. */
+uint16_t bh_ws_error_code(const bh_ws_t *ws);
 
 #endif

@@ -29,6 +29,7 @@ const BURST = 5;
 const RATE = 0.5; // failures refilled per second: one every 2 s
 const REQUEST_TIMEOUT_MS = 2_000;
 const HANDSHAKE_TIMEOUT_MS = 1_000;
+const MAX_BODY = 65_536; // the largest WebSocket message (--max-body)
 const ORIGIN = 'http://app.example.test';
 const THROTTLED = 'Too Many Requests: too many failed authentications';
 
@@ -43,6 +44,7 @@ before(async () => {
       '--auth-fail-rate', String(RATE),
       '--request-timeout-ms', String(REQUEST_TIMEOUT_MS),
       '--handshake-timeout-ms', String(HANDSHAKE_TIMEOUT_MS),
+      '--max-body', String(MAX_BODY),
       '--cors-origins', ORIGIN,
     ],
   });
@@ -316,6 +318,31 @@ test('a WebSocket that never sends the SignalR handshake is closed after the han
   await metricGrew(m0, TIMEOUTS);
   const m1 = await metrics();
   assert.equal(metric(m1, gauge), metric(m0, gauge), 'never counted as a hub connection');
+  assert.ok(server.alive());
+}));
+
+test('a WebSocket message over --max-body is refused with close code 1009 and counted; the server carries on', { timeout: 30_000 }, ex(async () => {
+  const m0 = await metrics();
+  const ws = await RawWs.open(server);
+  await ws.handshake();
+  // Within the limit (many hub messages batched in one frame is fine): answered.
+  const inv = (id) => JSON.stringify({ type: 1, invocationId: id, target: 'GetBalances', arguments: ['big'] }) + RS;
+  ws.sendText(inv('1'));
+  assert.equal((await ws.nextRecord()).type, 1);
+  assert.deepEqual(await ws.nextRecord(), { type: 3, invocationId: '1', result: null });
+  // One byte over: the WebSocket is closed with 1009 (message too big).
+  ws.sendText(' '.repeat(MAX_BODY + 1));
+  const m = await ws.nextMessage(5_000);
+  assert.equal(m.close, true, JSON.stringify(m));
+  assert.equal(m.code, 1009);
+  await ws.socket.waitClosed(5_000);
+  await metricGrew(m0, 'bh_limit_rejections_total{limit="request_size"}');
+  await realClientBalances('after-1009');
+  // The refused connection is gone from the server too (its hub connection ended).
+  const gauge = 'bh_hub_connections{transport="websockets",protocol="json"}';
+  let now;
+  for (let i = 0; i < 40 && (now = metric(await metrics(), gauge)) !== metric(m0, gauge); i++) await sleep(50);
+  assert.equal(now, metric(m0, gauge), 'hub connections back to where they were');
   assert.ok(server.alive());
 }));
 

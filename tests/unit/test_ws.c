@@ -141,7 +141,10 @@ static void expect_fail(const void *bytes, size_t n, size_t max_msg, const unsig
     fx_t f;
 
     fx_init(&f, max_msg);
+    assert_int_equal(bh_ws_error_code(f.ws), 0);
     assert_int_equal(feed(&f, bytes, n), BH_EPROTO);
+    /* the code answered is readable (e.g. to count oversized messages) */
+    assert_int_equal(bh_ws_error_code(f.ws), close[2] << 8 | close[3]);
     assert_int_equal(f.count, 0);
     assert_false(bh_ws_finished(f.ws));
     assert_out(&f, close, 4);
