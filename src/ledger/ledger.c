@@ -744,6 +744,8 @@ int bh_ledger_set_rates(bh_ledger_t *l, const char *currency, const bh_store_rat
 
 /* ---- loading ---- */
 
+/* Everything but the key: user_id is set once, before u enters the map, because I/O threads
+ * compare it in bh_map_get (under mu) while a failed commit reloads u here without mu. */
 static int load_into(bh_user_t *u, const bh_store_user_t *su, const bh_store_asset_t *assets,
                      size_t n) {
     bh_store_asset_t *rows = NULL;
@@ -752,7 +754,6 @@ static int load_into(bh_user_t *u, const bh_store_user_t *su, const bh_store_ass
     if (n)
         memcpy(rows, assets, n * sizeof *rows);
     free(u->assets);
-    memcpy(u->user_id, su->user_id, sizeof u->user_id);
     memcpy(u->base_currency, su->base_currency, sizeof u->base_currency);
     u->total_max_exposure = su->total_max_exposure;
     u->sequence = su->sequence;
@@ -771,6 +772,7 @@ static int load_user(void *ud, const bh_store_user_t *su, const bh_store_asset_t
     bh_user_t *u = calloc(1, sizeof *u);
     if (!u)
         return BH_ENOMEM;
+    memcpy(u->user_id, su->user_id, sizeof u->user_id);
     int r = load_into(u, su, assets, n);
     if (r == BH_OK && (r = bh_map_put(&l->users, u)) < 0)
         free(u->assets);

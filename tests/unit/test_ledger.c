@@ -1,15 +1,18 @@
 /* Ledger: every operation's success and rejection paths through the asynchronous submit API,
  * exposure through rates, exact result/snapshot bytes, sequences, listener order, group commit,
  * op-id idempotency (pending and durable), persistence, store failures, snapshot lifetimes,
- * submissions from callbacks and garbage operations. Runs on a real SQLite file (a writer and a
- * reader handle) and a libuv loop. */
+ * snapshot readers on other threads, submissions from callbacks and garbage operations. Runs on a
+ * real SQLite file (a writer and a reader handle) and a libuv loop. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <pthread.h>
+#include <sched.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1880,6 +1883,79 @@ static void test_opfilter_in_ledger(void **state) {
         free(first[i]);
 }
 
+/* Other threads read snapshots (bh_ledger_snapshot, as the I/O threads do) while the loop
+ * thread creates users (the map grows), changes them, deletes one and reloads one after a
+ * failed commit: every snapshot a reader gets is its user's and whole, and a user's sequence
+ * never goes back. Under ThreadSanitizer (make tsan) this also checks that the loop thread
+ * writes what readers look at only under the ledger's lock. */
+typedef struct {
+    bh_ledger_t *l;
+    atomic_int stop;
+    atomic_ulong reads;
+    atomic_int bad;
+} readers_t;
+
+static void *reader_main(void *arg) {
+    readers_t *rd = arg;
+    static const char *const users[] = {"u1", "u2", "u17"};
+    uint64_t last[3] = {0};
+    char head[32];
+    while (!atomic_load(&rd->stop)) {
+        for (int i = 0; i < 3; i++) {
+            bh_snapshot_t *s = bh_ledger_snapshot(rd->l, users[i]);
+            if (!s)
+                continue;
+            snprintf(head, sizeof(head), "{\"userId\":\"%s\",", users[i]);
+            if (strcmp(s->user_id, users[i]) != 0 || s->sequence < last[i] ||
+                strncmp(s->json, head, strlen(head)) != 0)
+                atomic_fetch_add(&rd->bad, 1);
+            last[i] = s->sequence;
+            bh_snapshot_release(s);
+            atomic_fetch_add(&rd->reads, 1);
+        }
+    }
+    return NULL;
+}
+
+static void test_concurrent_readers(void **state) {
+    fx_t *f = *state;
+    readers_t rd = {.l = f->l};
+    pthread_t th[2];
+    res_t x;
+    char id[16];
+
+    expect_ok(f, mk_create("u1", "c", "EUR", "0"), 1);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, reader_main, &rd), 0);
+    while (atomic_load(&rd.reads) == 0)
+        sched_yield();
+    expect_ok(f, mk(BH_OP_DEPOSIT, "u1", "d1", "BTC=1", NULL), 2);
+    /* A failed commit: u1 is reloaded from the store while the readers look it up. */
+    exec_sql(f->path, "CREATE TRIGGER boom BEFORE INSERT ON journal WHEN NEW.op_id = 'boom' "
+                      "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END");
+    bh_op_t op = mk(BH_OP_DEPOSIT, "u1", "boom", "BTC=5", NULL);
+    assert_int_equal(submit_wait(f, &op, &x), BH_ESTORE);
+    res_free(&x);
+    exec_sql(f->path, "DROP TRIGGER boom");
+    /* Enough users that the map grows (16 slots, at most 3/4 full) under the readers. */
+    for (int i = 2; i <= 20; i++) {
+        snprintf(id, sizeof(id), "u%d", i);
+        expect_ok(f, mk_create(id, "c", "EUR", "0"), 1);
+    }
+    for (int i = 0; i < 3; i++) {
+        snprintf(id, sizeof(id), "d%d", i + 2);
+        expect_ok(f, mk(BH_OP_DEPOSIT, "u1", id, "BTC=1", NULL), (uint64_t)i + 3);
+        expect_ok(f, mk(BH_OP_DEPOSIT, "u17", id, "BTC=1", NULL), (uint64_t)i + 2);
+    }
+    expect_ok(f, mk(BH_OP_DELETE_USER, "u2", "del", NULL), 2);
+    atomic_store(&rd.stop, 1);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+    assert_int_equal(atomic_load(&rd.bad), 0);
+    assert_true(atomic_load(&rd.reads) > 0);
+    assert_int_equal(seq_of(f, "u1"), 5);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_user, setup, teardown),
@@ -1900,6 +1976,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_idempotency_same_turn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_readers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_refcount, setup, teardown),
         cmocka_unit_test_setup_teardown(test_submit_from_callbacks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_ops, setup, teardown),
