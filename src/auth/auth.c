@@ -240,6 +240,21 @@ int bh_keyring_lookup(const bh_keyring_t *kr, const char *key, size_t len,
     return rc;
 }
 
+bool bh_keyring_active(const bh_keyring_t *kr, const char *key_id) {
+    bh_keyring_t *m = (bh_keyring_t *)kr; /* the lock is the only thing a lookup changes */
+    const bh_store_key_t *rec = NULL;
+    bool active;
+
+    if (kr == NULL || key_id == NULL || !valid_key_id(key_id))
+        return false;
+    pthread_rwlock_rdlock(&m->lock);
+    if (m->cap > 0)
+        rec = *kr_slot(m->slots, m->cap, key_id);
+    active = rec != NULL && !rec->revoked;
+    pthread_rwlock_unlock(&m->lock);
+    return active;
+}
+
 static bool keyring_has(bh_keyring_t *kr, const char *key_id) {
     bool has;
     pthread_rwlock_rdlock(&kr->lock);

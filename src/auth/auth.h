@@ -30,6 +30,9 @@ int bh_keyring_put(bh_keyring_t *kr, const bh_store_key_t *k);
 int bh_keyring_lookup(const bh_keyring_t *kr, const char *key, size_t len,
                       char user_id[BH_ID_MAX + 1], char key_id[BH_KEY_ID_LEN + 1]);
 
+/* True when key_id names a key of the keyring that is not revoked. */
+bool bh_keyring_active(const bh_keyring_t *kr, const char *key_id);
+
 /* Create a key for user_id: generates it, stores its hash durably, adds it to the keyring.
  * out receives the key (shown once). */
 int bh_auth_create_key(bh_store_t *store, bh_keyring_t *kr, const char *user_id,

@@ -358,6 +358,17 @@ static void hub_connected(void *ud, bh_sr_conn_t *c) {
     hc->rate = h->group ? bh_hub_rate_ref(h->group, bh_sr_conn_key_id(c)) : NULL;
     conn_link(u, hc);
     bh_sr_conn_set_data(c, hc);
+    /* The key was checked when the transport request came in; a revocation or deletion since
+     * then closed only the connections indexed at that moment. Revoking marks the keyring (and
+     * deleting publishes the deleted snapshot) before the close is posted to this thread, so
+     * from here on either that close finds this connection or this check sees the change. */
+    bh_snapshot_t *snap = bh_ledger_snapshot(h->ledger, u->user_id);
+    int live = snap && !snap->deleted;
+    bh_snapshot_release(snap);
+    if (!live)
+        bh_sr_close(c, "user deleted", 0);
+    else if (h->keyring && !bh_keyring_active(h->keyring, bh_sr_conn_key_id(c)))
+        bh_sr_close(c, "API key revoked", 0);
 }
 
 static void hub_disconnected(void *ud, bh_sr_conn_t *c) {

@@ -9,6 +9,10 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import {
   EventQueue,
+  OP,
+  RS,
+  RawWs,
+  closePayload,
   buildConnection,
   explained,
   makeTempDir,
@@ -383,6 +387,27 @@ test('create-key gives a key that works with @microsoft/signalr; revoke-key ends
   // The other key of the user still works.
   assert.equal((await negotiate(r2.json.apiKey)).status, 200, 'the other key still works');
   expectError(await api('DELETE', '/admin/keys/0000000000000000'), 404, 'not_found', null, 'revoke unknown key');
+}));
+
+test('a key revoked (or its user deleted) between the WebSocket upgrade and the SignalR handshake: the handshake gets a Close', { timeout: 30_000 }, ex(async () => {
+  for (const how of ['revoke', 'delete']) {
+    const u = `window-${how}`;
+    expectOk(await createUser(u), 201, undefined, 'create');
+    const k = await api('POST', `/admin/users/${u}/keys`);
+    expectOk(k, 201, undefined, 'create key');
+    // Upgraded with a valid key; the SignalR handshake is not sent yet.
+    const ws = await RawWs.open(server, { query: `access_token=${encodeURIComponent(k.json.apiKey)}` });
+    if (how === 'revoke') expectOk(await api('DELETE', `/admin/keys/${k.json.keyId}`), 200, undefined, 'revoke');
+    else expectOk(await api('DELETE', `/admin/users/${u}`, { opId: 'window-delete' }), 200, undefined, 'delete user');
+    ws.sendText(`{"protocol":"json","version":1}${RS}`);
+    assert.equal(await ws.nextRecord(5_000, { raw: true }), '{}', 'handshake answered');
+    const close = await ws.nextRecord(5_000);
+    assert.deepEqual(close, { type: 7, error: how === 'revoke' ? 'API key revoked' : 'user deleted' }, `${how}: Close`);
+    const frame = await ws.nextMessage(5_000); // then the WebSocket closing handshake
+    assert.equal(frame.close, true, JSON.stringify(frame));
+    ws.send(OP.CLOSE, closePayload(1000));
+    await ws.socket.waitClosed(5_000);
+  }
 }));
 
 // ---------------------------------------------------------------------------------------------

@@ -228,15 +228,21 @@ static void test_revoked(void **state) {
     fx_t *f = *state;
     char user[BH_ID_MAX + 1];
 
+    assert_true(bh_keyring_active(f->kr, f->rec.key_id));
+    assert_false(bh_keyring_active(f->kr, "0123456789abcdef")); /* unknown */
+    assert_false(bh_keyring_active(f->kr, ""));
+    assert_false(bh_keyring_active(f->kr, NULL));
     f->rec.revoked = true;
     assert_int_equal(bh_keyring_put(f->kr, &f->rec), BH_OK);
     assert_int_equal(lookup(f->kr, f->key, BH_API_KEY_LEN, user), BH_ENOTFOUND);
+    assert_false(bh_keyring_active(f->kr, f->rec.key_id));
     /* Put replaces by key id (here: reinstated, and moved to another user). */
     f->rec.revoked = false;
     strcpy(f->rec.user_id, "bob");
     assert_int_equal(bh_keyring_put(f->kr, &f->rec), BH_OK);
     assert_int_equal(lookup(f->kr, f->key, BH_API_KEY_LEN, user), BH_OK);
     assert_string_equal(user, "bob");
+    assert_true(bh_keyring_active(f->kr, f->rec.key_id));
 }
 
 static void test_keyring_put_invalid(void **state) {
