@@ -15,8 +15,9 @@
 #define BH_HUB_RATE_MIN_BUCKETS 64
 
 /* The command-rate token bucket of one API key id; exists while the key has connections on
- * any thread (a key whose connections all closed starts again with a full bucket, which the
- * per-key connection limit and the cost of a new connection bound). */
+ * any thread, and after its last one closed until it has refilled (so closing and reopening
+ * connections never buys a fresh burst). Entries without connections are freed once full,
+ * when their hash chain is next walked; there are at most as many as keys. */
 struct bh_hub_rate {
     struct bh_hub_rate *next;
     uint64_t hash;
@@ -51,6 +52,7 @@ typedef struct {
     bh_hub_t *hub;
     int kind;
     bh_snapshot_t *snap;            /* CALL_CHANGE: a reference of its own */
+    uint64_t published;             /* CALL_CHANGE: the ledger's count with this change */
     int any_user;                   /* CALL_CLOSE_KEY: user_id not given */
     char user_id[BH_SR_ID_MAX + 1]; /* CALL_CLOSE_KEY, CALL_CLOSE_USER */
     char key_id[BH_SR_ID_MAX + 1];  /* CALL_CLOSE_KEY */
@@ -109,6 +111,8 @@ int bh_hub_group_add(bh_hub_group_t *g, bh_hub_t *hub, bh_hub_post_fn post, void
     if (r == 0) {
         g->members[g->nmembers++] = (member_t){hub, post, post_ud};
         bh_hub_set_group(hub, g);
+        /* Changes published before now are in the ledger; later ones are posted to it. */
+        bh_hub_set_seen(hub, bh_ledger_published(g->ledger));
     }
     pthread_mutex_unlock(&g->mu);
     return r;
@@ -138,6 +142,7 @@ static void run_call(void *arg) {
     switch (c->kind) {
     case CALL_CHANGE:
         bh_hub_on_change(c->hub, c->snap);
+        bh_hub_set_seen(c->hub, c->published);
         break;
     case CALL_CLOSE_KEY:
         bh_hub_close_key(c->hub, c->any_user ? NULL : c->user_id, c->key_id);
@@ -174,7 +179,11 @@ static void post_all(bh_hub_group_t *g, const call_t *tmpl) {
 }
 
 void bh_hub_group_on_change(void *group, const bh_snapshot_t *snap) {
-    call_t t = {.kind = CALL_CHANGE, .snap = (bh_snapshot_t *)snap};
+    bh_hub_group_t *g = group;
+    /* On the ledger's thread, right after this change was counted. */
+    call_t t = {.kind = CALL_CHANGE,
+                .snap = (bh_snapshot_t *)snap,
+                .published = bh_ledger_published(g->ledger)};
     post_all(group, &t);
 }
 
@@ -236,11 +245,38 @@ static int rate_grow(bh_hub_group_t *g) {
     return BH_OK;
 }
 
+static void refill(const bh_hub_group_t *g, bh_hub_rate_t *r, uint64_t now) {
+    if (now > r->last_ms) {
+        r->tokens += (double)(now - r->last_ms) * g->rate_per_ms;
+        if (r->tokens > g->rate_burst)
+            r->tokens = g->rate_burst;
+        r->last_ms = now;
+    }
+}
+
+/* Free the entries of a chain that have no connections and a full bucket again. */
+static void sweep_chain(bh_hub_group_t *g, bh_hub_rate_t **p, uint64_t now) {
+    while (*p) {
+        bh_hub_rate_t *r = *p;
+        if (r->refs == 0) {
+            refill(g, r, now);
+            if (r->tokens >= g->rate_burst) {
+                *p = r->next;
+                g->nrates--;
+                free(r);
+                continue;
+            }
+        }
+        p = &r->next;
+    }
+}
+
 static bh_hub_rate_t *rate_ref_locked(bh_hub_group_t *g, const char *key_id) {
     if (g->nrates >= g->nrbuckets && rate_grow(g) < 0 && !g->nrbuckets)
         return NULL; /* a failed grow keeps the old table, with longer chains */
     uint64_t hash = hash_key(key_id);
     bh_hub_rate_t **slot = &g->rbuckets[hash & (g->nrbuckets - 1)];
+    sweep_chain(g, slot, mono_ms());
     for (bh_hub_rate_t *r = *slot; r; r = r->next) {
         if (r->hash == hash && strcmp(r->key_id, key_id) == 0) {
             r->refs++;
@@ -273,28 +309,15 @@ void bh_hub_rate_unref(bh_hub_group_t *g, bh_hub_rate_t *r) {
     if (!r)
         return;
     pthread_mutex_lock(&g->rate_mu);
-    if (--r->refs == 0) {
-        for (bh_hub_rate_t **p = &g->rbuckets[r->hash & (g->nrbuckets - 1)]; *p; p = &(*p)->next) {
-            if (*p == r) {
-                *p = r->next;
-                break;
-            }
-        }
-        g->nrates--;
-        free(r);
-    }
+    if (--r->refs == 0) /* kept until refilled: freed now if it already is */
+        sweep_chain(g, &g->rbuckets[r->hash & (g->nrbuckets - 1)], mono_ms());
     pthread_mutex_unlock(&g->rate_mu);
 }
 
 int bh_hub_rate_take(bh_hub_group_t *g, bh_hub_rate_t *r) {
     uint64_t now = mono_ms();
     pthread_mutex_lock(&g->rate_mu);
-    if (now > r->last_ms) {
-        r->tokens += (double)(now - r->last_ms) * g->rate_per_ms;
-        if (r->tokens > g->rate_burst)
-            r->tokens = g->rate_burst;
-        r->last_ms = now;
-    }
+    refill(g, r, now);
     int ok = r->tokens >= 1.0;
     if (ok)
         r->tokens -= 1.0;

@@ -36,6 +36,11 @@ typedef struct hub_conn {
 struct hub_user {
     hub_user_t *next_in_bucket;
     hub_conn_t *head;
+    /* The newest snapshot of this user this thread has seen (posted changes, or read from the
+     * ledger once), referenced: GetBalances answers from it without touching the ledger's lock
+     * or the snapshot's shared reference count. Never older than anything sent from here, since
+     * it is replaced before each fan-out. */
+    bh_snapshot_t *snap;
     uint64_t hash;
     char user_id[BH_SR_ID_MAX + 1];
 };
@@ -49,6 +54,7 @@ struct bh_hub {
     size_t nbuckets, nusers;
     uint64_t round;        /* fan-out counter, see hub_conn_t.round */
     bh_hub_group_t *group; /* NULL: a hub on its own, without command-rate limit */
+    uint64_t seen;         /* bh_ledger_published count whose changes all reached this hub */
 };
 
 /* ---- user index ---- */
@@ -121,7 +127,16 @@ static void user_remove(bh_hub_t *h, hub_user_t *u) {
         }
     }
     h->nusers--;
+    bh_snapshot_release(u->snap);
     free(u);
+}
+
+/* Keep snap as u's newest when it is newer (a posted change, or a read from the ledger). */
+static void user_keep_newer(hub_user_t *u, const bh_snapshot_t *snap) {
+    if (u->snap && u->snap->sequence >= snap->sequence)
+        return;
+    bh_snapshot_release(u->snap);
+    u->snap = bh_snapshot_acquire(snap);
 }
 
 static void conn_link(hub_user_t *u, hub_conn_t *hc) {
@@ -289,17 +304,28 @@ static int get_balances(void *ud, bh_sr_conn_t *c, const bh_json_t *args, const 
         send_message_event(h, c, "preChecksError", echo, bad);
         return BH_OK;
     }
-    bh_snapshot_t *snap = bh_ledger_snapshot(h->ledger, bh_sr_conn_user(c));
+    hub_user_t *hu = hcr ? hcr->user : NULL;
+    if (hu && (!hu->snap || h->seen != bh_ledger_published(h->ledger))) {
+        /* No copy yet, or changes published that have not reached this thread: the ledger's
+         * (a short lock), so an answer is never older than what the admin API acknowledged. */
+        bh_snapshot_t *read = bh_ledger_snapshot(h->ledger, hu->user_id);
+        if (read) {
+            user_keep_newer(hu, read);
+            bh_snapshot_release(read);
+        }
+    }
+    /* Borrowed: nothing replaces hu->snap while this call runs (changes arrive from the loop). */
+    bh_snapshot_t *owned = hu ? NULL : bh_ledger_snapshot(h->ledger, bh_sr_conn_user(c));
+    const bh_snapshot_t *snap = hu ? hu->snap : owned;
     if (!snap || snap->deleted) {
-        if (snap)
-            bh_snapshot_release(snap);
+        bh_snapshot_release(owned);
         send_message_event(h, c, "account.balances.error", id->str,
                            "balances are not available for this user");
         return BH_OK;
     }
     int r = send_snapshot(h, c, "account.balances.snapshot", id->str, snap);
     uint64_t seq = snap->sequence;
-    bh_snapshot_release(snap);
+    bh_snapshot_release(owned);
     if (r == 0)
         bh_metric_add(BH_M_EVENT_SNAPSHOT, 1);
     hub_conn_t *hcn = bh_sr_conn_data(c);
@@ -465,6 +491,7 @@ void bh_hub_on_change(void *hub, const bh_snapshot_t *snap) {
     hub_user_t *u = user_find(h, snap->user_id);
     if (!u)
         return;
+    user_keep_newer(u, snap);
     fan_out(h, u, snap);
     if (snap->deleted)
         close_conns(u, NULL, "user deleted");
@@ -519,6 +546,7 @@ void bh_hub_free(bh_hub_t *h) {
                 n = hc->next;
                 free(hc);
             }
+            bh_snapshot_release(u->snap);
             free(u);
             u = next;
         }
@@ -531,6 +559,10 @@ void bh_hub_free(bh_hub_t *h) {
 
 void bh_hub_set_group(bh_hub_t *h, bh_hub_group_t *g) {
     h->group = g;
+}
+
+void bh_hub_set_seen(bh_hub_t *h, uint64_t published) {
+    h->seen = published;
 }
 
 bh_hub_group_t *bh_hub_group_of(const bh_hub_t *h) {

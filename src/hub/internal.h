@@ -22,5 +22,8 @@ int bh_hub_rate_take(bh_hub_group_t *g, bh_hub_rate_t *r);
 void bh_hub_set_group(bh_hub_t *h, bh_hub_group_t *g);
 bh_hub_group_t *bh_hub_group_of(const bh_hub_t *h);
 void bh_hub_sources(const bh_hub_t *h, bh_ledger_t **ledger, const bh_keyring_t **keyring);
+/* The ledger's publication count (bh_ledger_published) up to which every change has reached
+ * this hub; on the hub's thread (group.c: when it joins, and after each posted change). */
+void bh_hub_set_seen(bh_hub_t *h, uint64_t published);
 
 #endif

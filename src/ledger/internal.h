@@ -73,9 +73,10 @@ struct bh_ledger {
     uv_loop_t *loop;
     bh_store_t *writer, *reader;
     bh_map_t users; /* bh_user_t *; structure and ->snap guarded by mu for reader threads */
-    bh_map_t rates; /* "CUR/ASSET" -> rate; loop thread only */
-    bh_map_t ops;   /* opkey -> pending bh_change_t */
-    bh_opfilter_t journaled; /* opkeys of every durable change: "no" skips the store lookup */
+    _Atomic uint64_t published; /* changes published so far (bh_ledger_published) */
+    bh_map_t rates;             /* "CUR/ASSET" -> rate; loop thread only */
+    bh_map_t ops;               /* opkey -> pending bh_change_t */
+    bh_opfilter_t journaled;    /* opkeys of every durable change: "no" skips the store lookup */
     pthread_mutex_t mu;
     bh_ledger_listener_t listener;
     void *listener_ud;

@@ -205,6 +205,10 @@ static int build_snapshot(const bh_ledger_t *l, const bh_user_t *u, bh_snapshot_
     return rc;
 }
 
+uint64_t bh_ledger_published(const bh_ledger_t *l) {
+    return atomic_load_explicit(&((bh_ledger_t *)l)->published, memory_order_acquire);
+}
+
 bh_snapshot_t *bh_ledger_snapshot(bh_ledger_t *l, const char *user_id) {
     bh_snapshot_t *s = NULL;
     pthread_mutex_lock(&l->mu);
@@ -227,6 +231,9 @@ void bh_ledger_publish(bh_ledger_t *l, bh_change_t *c) {
     c->user->snap = next;
     pthread_mutex_unlock(&l->mu);
     bh_snapshot_release(old);
+    /* Counted before the listener hands the change on: a reader that has seen fewer changes
+     * than this knows its own copies may be behind (bh_ledger_published). */
+    atomic_fetch_add_explicit(&l->published, 1, memory_order_release);
     if (l->listener)
         l->listener(l->listener_ud, next);
 }

@@ -103,6 +103,10 @@ int bh_ledger_ready(const bh_ledger_t *l);
 /* Latest durable snapshot of a user with a reference taken, or NULL when unknown. Safe from
  * any thread. */
 bh_snapshot_t *bh_ledger_snapshot(bh_ledger_t *l, const char *user_id);
+/* How many changes have been published so far (any thread): each publication counts before the
+ * listener runs for it. A reader that keeps its own copies of snapshots from the listener and
+ * has seen this many changes holds the latest ones; otherwise it asks bh_ledger_snapshot. */
+uint64_t bh_ledger_published(const bh_ledger_t *l);
 bh_snapshot_t *bh_snapshot_acquire(const bh_snapshot_t *s);
 void bh_snapshot_release(bh_snapshot_t *s);
 
