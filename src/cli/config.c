@@ -317,6 +317,17 @@ static void trim(char **s, size_t *len) {
 }
 
 /* One `name = value` line (or a blank or comment line) of path into c. */
+/* Only something shaped like an option name is echoed in an error: lower-case letters, digits
+ * and '-', at most 40 characters (a key or token pasted by mistake is not). */
+static int name_like(const char *s, size_t n) {
+    if (n == 0 || n > 40)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+            return 0;
+    return 1;
+}
+
 static void parse_line(bh_config_t *c, const char *path, int lineno, char *line, size_t len,
                        errs_t *e) {
     char problem[256];
@@ -333,16 +344,21 @@ static void parse_line(bh_config_t *c, const char *path, int lineno, char *line,
     trim(&name, &nlen);
     trim(&value, &vlen);
     if (nlen == 0) {
-        report(e, "%s:%d: expected 'name = value', got '%.*s'", path, lineno, (int)len, line);
+        /* the line itself is not echoed: it may be a pasted secret (errors reach the log) */
+        report(e, "%s:%d: expected 'name = value'", path, lineno);
         return;
     }
     int id = find_opt(name, nlen);
     if (id < 0) {
         int secret = nlen == 11 && memcmp(name, "admin-token", 11) == 0;
-        report(e, "%s:%d: %.*s: unknown option%s", path, lineno, (int)nlen, name,
-               secret ? " (secrets never go in the config file: use admin-token-file or env "
-                        "BALANCEHUB_ADMIN_TOKEN)"
-                      : "");
+        if (!name_like(name, nlen))
+            report(e, "%s:%d: not an option name (not shown): expected 'name = value'", path,
+                   lineno);
+        else
+            report(e, "%s:%d: %.*s: unknown option%s", path, lineno, (int)nlen, name,
+                   secret ? " (secrets never go in the config file: use admin-token-file or env "
+                            "BALANCEHUB_ADMIN_TOKEN)"
+                          : "");
         return;
     }
     const opt_t *o = &opts[id];

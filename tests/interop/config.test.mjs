@@ -297,6 +297,8 @@ test('unknown flags, unknown or repeated keys and bad values: exit 2, one exact 
       'admin-token = s3cret-s3cret',
       'just some words',
       'log-level =',
+      'bh_0123456789abcdef_a-pasted-secret',
+      '= hunter2',
     ].join('\n') + '\n',
   );
   const want = [
@@ -305,8 +307,11 @@ test('unknown flags, unknown or repeated keys and bad values: exit 2, one exact 
     `${conf}:6: max-body: needs a whole number from 1 to 1073741824, got 'big'`,
     `${conf}:7: config: not allowed in a config file`,
     `${conf}:8: admin-token: unknown option (secrets never go in the config file: use admin-token-file or env BALANCEHUB_ADMIN_TOKEN)`,
-    `${conf}:9: just some words: unknown option`,
+    `${conf}:9: not an option name (not shown): expected 'name = value'`,
     `${conf}:10: log-level: missing value`,
+    // a line that is not an option is not echoed: it may be a secret pasted by mistake
+    `${conf}:11: not an option name (not shown): expected 'name = value'`,
+    `${conf}:12: expected 'name = value'`,
   ];
   fails(serve(['--config', conf]), want, 'config file errors');
   fails(serve([], { BALANCEHUB_CONFIG: conf }), want, 'config file errors (BALANCEHUB_CONFIG)');
