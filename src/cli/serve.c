@@ -68,6 +68,7 @@ struct server {
     bh_httpd_t *opsd;   /* the operations listener; NULL when off */
     bh_admin_t *admin;
     int tls;
+    bh_net_tls_t *tls_ctx; /* the certificate every I/O thread's listener shares */
     int stopping;
     int finishing; /* the I/O threads were told to end */
 };
@@ -204,33 +205,44 @@ static void apply_log_settings(const bh_config_t *c) {
 
 typedef struct {
     io_thread_t *t;
+    bh_net_tls_t *tls;
     uv_sem_t done;
     int posted;
-    int rc;
-    char err[512];
 } reload_t;
 
-static void io_reload_tls(void *arg) {
+static void io_set_tls(void *arg) {
     reload_t *r = arg;
-    r->rc = bh_httpd_reload_tls(r->t->httpd, r->err, sizeof r->err);
+    bh_httpd_set_tls(r->t->httpd, r->tls);
     uv_sem_post(&r->done);
 }
 
-/* Every I/O thread's listener reloads the certificate and key; this waits for all of them, so
- * the connections accepted after the "configuration reloaded" line all get the new one. */
+/* The certificate and key are loaded once, here, and handed to every I/O thread's listener;
+ * this waits for all of them, so the connections accepted after the "configuration reloaded"
+ * line all get the new one, and all threads share one session cache and ticket keys. A file
+ * that does not load changes nothing anywhere. */
 static void reload_tls(server_t *srv) {
-    int n = srv->nstarted, failed = -1;
+    int n = srv->nstarted;
+    char err[512] = "";
+    bh_net_tls_t *next = NULL;
+    if (bh_net_tls_load(srv->hc->tls.cert_file, srv->hc->tls.key_file, &next, err, sizeof err) <
+        0) {
+        bh_log(BH_LOG_ERROR, "TLS reload failed: keeping the current certificate",
+               BH_LS("error", err));
+        return;
+    }
     reload_t *jobs = calloc((size_t)(n > 0 ? n : 1), sizeof *jobs);
     if (!jobs) {
+        bh_net_tls_unref(next);
         bh_log(BH_LOG_ERROR, "TLS reload failed: keeping the current certificate",
                BH_LS("error", "out of memory"));
         return;
     }
     for (int i = 0; i < n; i++) {
         jobs[i].t = &srv->threads[i];
+        jobs[i].tls = next;
         if (jobs[i].t->rc != BH_OK || uv_sem_init(&jobs[i].done, 0) != 0)
             continue;
-        jobs[i].posted = bh_httpd_post(jobs[i].t->httpd, io_reload_tls, &jobs[i]) == BH_OK;
+        jobs[i].posted = bh_httpd_post(jobs[i].t->httpd, io_set_tls, &jobs[i]) == BH_OK;
         if (!jobs[i].posted)
             uv_sem_destroy(&jobs[i].done);
     }
@@ -239,13 +251,11 @@ static void reload_tls(server_t *srv) {
             continue;
         uv_sem_wait(&jobs[i].done);
         uv_sem_destroy(&jobs[i].done);
-        if (jobs[i].rc < 0 && failed < 0)
-            failed = i;
     }
-    if (failed >= 0) /* the same files for every thread: one line says it */
-        bh_log(BH_LOG_ERROR, "TLS reload failed: keeping the current certificate",
-               BH_LS("error", jobs[failed].err));
     free(jobs);
+    bh_net_tls_unref(srv->tls_ctx); /* connections and listeners hold their own references */
+    srv->tls_ctx = next;
+    bh_log(BH_LOG_INFO, "TLS certificate reloaded", BH_LS("file", srv->hc->tls.cert_file));
 }
 
 /* SIGHUP: the log settings from the config file again (flags and environment still win; a
@@ -654,6 +664,14 @@ int bh_cli_serve(int argc, char **argv) {
         goto done;
     }
     OPENSSL_cleanse(token, sizeof token);
+    if (srv.tls) {
+        /* Loaded once and shared by every I/O thread's listener (see reload_tls). */
+        if (bh_net_tls_load(hc.tls.cert_file, hc.tls.key_file, &srv.tls_ctx, err, sizeof err) < 0) {
+            bh_cli_error("%s", err);
+            goto done;
+        }
+        hc.tls.shared = srv.tls_ctx;
+    }
     if (start_threads(&srv, listen, &port) < 0)
         goto done;
     if (strcmp(admin_listen, "off") != 0) {
@@ -711,6 +729,7 @@ done:
     uv_run(&srv.loop, UV_RUN_DEFAULT);
     free_threads(&srv);
     bh_httpd_free(srv.opsd);
+    bh_net_tls_unref(srv.tls_ctx);
     bh_cli_close(&srv.st);
     bh_admin_free(srv.admin);
     if (srv.group) /* after every hub */

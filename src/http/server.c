@@ -261,6 +261,10 @@ int bh_httpd_reload_tls(bh_httpd_t *s, char *errmsg, size_t errcap) {
     return bh_net_reload_tls(s->net, errmsg, errcap);
 }
 
+int bh_httpd_set_tls(bh_httpd_t *s, bh_net_tls_t *t) {
+    return bh_net_set_tls(s->net, t);
+}
+
 static void migrate_arrive(void *arg);
 
 /* Queued calls at close: others' calls run (they may hold references to release); arriving

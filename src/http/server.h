@@ -53,6 +53,8 @@ void bh_httpd_stop_accepting(bh_httpd_t *s);
  * existing ones keep theirs. On failure (errmsg: one line) the current ones stay in use;
  * BH_EINVAL without TLS. */
 int bh_httpd_reload_tls(bh_httpd_t *s, char *errmsg, size_t errcap);
+/* Use an already loaded certificate for new connections (bh_net_set_tls); on the loop's thread. */
+int bh_httpd_set_tls(bh_httpd_t *s, bh_net_tls_t *t);
 /* Close every connection now. The mailbox closes first: calls still queued for this loop run
  * here (a connection still migrating here is closed unhandled), later posts fail. Also from
  * inside a posted call. */

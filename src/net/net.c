@@ -464,7 +464,13 @@ int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
     if (!n)
         return BH_ENOMEM;
     if (cfg->tls.cert_file || cfg->tls.key_file) {
-        int r = bh_tls_ctx_new(cfg->tls.cert_file, cfg->tls.key_file, &n->tls_ctx, errmsg, errcap);
+        int r = BH_OK;
+        if (cfg->tls.shared) {
+            n->tls_ctx = (SSL_CTX *)cfg->tls.shared;
+            SSL_CTX_up_ref(n->tls_ctx);
+        } else {
+            r = bh_tls_ctx_new(cfg->tls.cert_file, cfg->tls.key_file, &n->tls_ctx, errmsg, errcap);
+        }
         if (r < 0) {
             free(n);
             return r;
@@ -524,6 +530,27 @@ int bh_net_reload_tls(bh_net_t *n, char *errmsg, size_t errcap) {
     SSL_CTX_free(n->tls_ctx);
     n->tls_ctx = ctx;
     bh_log(BH_LOG_INFO, "TLS certificate reloaded", BH_LS("file", n->cert_file));
+    return BH_OK;
+}
+
+int bh_net_tls_load(const char *cert_file, const char *key_file, bh_net_tls_t **out, char *errmsg,
+                    size_t errcap) {
+    SSL_CTX *ctx = NULL;
+    int r = bh_tls_ctx_new(cert_file, key_file, &ctx, errmsg, errcap);
+    *out = r < 0 ? NULL : (bh_net_tls_t *)ctx;
+    return r;
+}
+
+void bh_net_tls_unref(bh_net_tls_t *t) {
+    SSL_CTX_free((SSL_CTX *)t);
+}
+
+int bh_net_set_tls(bh_net_t *n, bh_net_tls_t *t) {
+    if (!n->tls_ctx || !t)
+        return BH_EINVAL;
+    SSL_CTX_up_ref((SSL_CTX *)t);
+    SSL_CTX_free(n->tls_ctx);
+    n->tls_ctx = (SSL_CTX *)t;
     return BH_OK;
 }
 

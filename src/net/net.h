@@ -22,6 +22,16 @@ typedef struct {
     void (*on_close)(bh_conn_t *c);
 } bh_conn_handler_t;
 
+/* A loaded TLS certificate and key (an OpenSSL server context), reference-counted and safe to
+ * share between the listeners of several threads: sharing one gives them one session cache and
+ * one set of session-ticket keys, so a client resumes its session whichever thread accepts it,
+ * and a reload switches every listener to the same certificate. */
+typedef struct bh_net_tls bh_net_tls_t;
+/* Load cert_file and key_file (PEM) into *out (one reference). errmsg: one line on failure. */
+int bh_net_tls_load(const char *cert_file, const char *key_file, bh_net_tls_t **out, char *errmsg,
+                    size_t errcap);
+void bh_net_tls_unref(bh_net_tls_t *t); /* NULL is fine */
+
 typedef struct {
     /* PEM certificate (leaf first, then its chain) and its private key; both NULL = plain TCP.
      * With TLS (1.2+, ALPN http/1.1) the handler's on_open runs only once a connection's
@@ -29,6 +39,9 @@ typedef struct {
     const char *cert_file;
     const char *key_file;
     uint64_t handshake_timeout_ms; /* 0 = 10 s */
+    /* When set, the listener takes a reference to this loaded context instead of loading the
+     * files itself (they still name it in logs and serve bh_net_reload_tls). */
+    bh_net_tls_t *shared;
 } bh_net_tls_config_t;
 
 typedef struct {
@@ -50,6 +63,9 @@ int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
  * BH_EINVAL when the layer was created without TLS. Call on the loop's thread (e.g. from a
  * uv_signal_t handler for SIGHUP). */
 int bh_net_reload_tls(bh_net_t *n, char *errmsg, size_t errcap);
+/* Use t (a reference is taken) for connections accepted from now on; existing ones keep theirs.
+ * BH_EINVAL when the layer was created without TLS. On the loop's thread. */
+int bh_net_set_tls(bh_net_t *n, bh_net_tls_t *t);
 int bh_net_tls_enabled(const bh_net_t *n);
 /* Stop accepting (idempotent). Existing connections continue. */
 void bh_net_stop_accepting(bh_net_t *n);

@@ -192,6 +192,40 @@ test('(a) TLS 1.2 works; TLS 1.1 and older are refused', { timeout: 20_000 }, ex
   await healthy(server.port);
 }));
 
+// One TLS connection: /healthz over it; resolves {reused, ticket} (the last session ticket).
+function tlsHealthz(port, session) {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port, ca: readFileSync(pki.ca), servername: 'localhost', session, ALPNProtocols: ['http/1.1'] });
+    let ticket = null;
+    let reused = null;
+    let body = '';
+    s.setEncoding('utf8');
+    s.on('session', (t) => {
+      ticket = t;
+    });
+    s.once('secureConnect', () => {
+      reused = s.isSessionReused();
+      s.write('GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
+    });
+    s.on('data', (d) => {
+      body += d;
+    });
+    s.on('error', reject);
+    s.on('close', () => (body.startsWith('HTTP/1.1 200') ? resolve({ reused, ticket }) : reject(new Error(`answer: ${body}`))));
+  });
+}
+
+test('TLS sessions resume whichever I/O thread accepts the connection (one shared context)', { timeout: 20_000 }, ex(async () => {
+  // The harness runs --threads 2: with a context per thread about half the resumptions would fail.
+  let { ticket } = await tlsHealthz(server.port);
+  assert.ok(ticket, 'a session ticket');
+  for (let i = 0; i < 16; i++) {
+    const r = await tlsHealthz(server.port, ticket);
+    assert.equal(r.reused, true, `connection ${i + 1} resumed its session`);
+    if (r.ticket) ticket = r.ticket;
+  }
+}));
+
 test('(b) a client without the CA refuses the certificate (https and fetch)', { timeout: 20_000 }, ex(async () => {
   await assert.rejects(httpsRequest(server.port, {}), (err) => {
     assert.equal(err.code, 'SELF_SIGNED_CERT_IN_CHAIN', `${err.code}: ${err.message}`);
