@@ -1,5 +1,5 @@
 /* Calls into a loop from any thread: a lock-free multi-producer single-consumer queue (Vyukov's
- * intrusive queue with a stub node) drained by the loop's thread from one uv_async_t. Producers
+ * intrusive queue with a sentinel node) drained by the loop's thread from one uv_async_t. Producers
  * only exchange a pointer and wake the loop; the consumer never blocks them. */
 #include "net.h"
 
@@ -18,8 +18,8 @@ typedef struct mb_node {
 struct bh_mailbox {
     uv_async_t async;
     _Atomic(mb_node_t *) head; /* producers swap themselves in here (the newest node) */
-    mb_node_t *tail;           /* consumer only: the oldest node (or the stub) */
-    mb_node_t stub;
+    mb_node_t *tail;           /* consumer only: the oldest node (or the sentinel) */
+    mb_node_t sentinel;
     /* Producers between their check of `closed` and their last touch of the mailbox; close
      * waits for it to reach 0, so no push or uv_async_send can follow the handle's close. */
     _Atomic int posting;
@@ -38,7 +38,7 @@ static void push(bh_mailbox_t *m, mb_node_t *n) {
 static mb_node_t *pop(bh_mailbox_t *m) {
     mb_node_t *tail = m->tail;
     mb_node_t *next = atomic_load_explicit(&tail->next, memory_order_acquire);
-    if (tail == &m->stub) {
+    if (tail == &m->sentinel) {
         if (!next)
             return NULL;
         m->tail = next;
@@ -51,8 +51,8 @@ static mb_node_t *pop(bh_mailbox_t *m) {
     }
     if (tail != atomic_load_explicit(&m->head, memory_order_acquire))
         return NULL; /* a producer has swapped head but not linked it yet */
-    /* tail is the last node: put the stub behind it so tail can be handed out. */
-    push(m, &m->stub);
+    /* tail is the last node: put the sentinel behind it so tail can be handed out. */
+    push(m, &m->sentinel);
     next = atomic_load_explicit(&tail->next, memory_order_acquire);
     if (next) {
         m->tail = next;
@@ -88,9 +88,9 @@ int bh_mailbox_new(uv_loop_t *loop, bh_mailbox_t **out) {
     bh_mailbox_t *m = calloc(1, sizeof *m);
     if (!m)
         return BH_ENOMEM;
-    atomic_init(&m->stub.next, NULL);
-    atomic_init(&m->head, &m->stub);
-    m->tail = &m->stub;
+    atomic_init(&m->sentinel.next, NULL);
+    atomic_init(&m->head, &m->sentinel);
+    m->tail = &m->sentinel;
     atomic_init(&m->posting, 0);
     atomic_init(&m->closed, 0);
     if (uv_async_init(loop, &m->async, on_async) < 0) {
