@@ -257,10 +257,6 @@ void bh_httpd_stop_accepting(bh_httpd_t *s) {
     bh_net_stop_accepting(s->net);
 }
 
-int bh_httpd_reload_tls(bh_httpd_t *s, char *errmsg, size_t errcap) {
-    return bh_net_reload_tls(s->net, errmsg, errcap);
-}
-
 int bh_httpd_set_tls(bh_httpd_t *s, bh_net_tls_t *t) {
     return bh_net_set_tls(s->net, t);
 }

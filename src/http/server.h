@@ -49,11 +49,8 @@ int bh_httpd_port(const bh_httpd_t *s);
  * bh_httpd_free, so free an httpd only when no other thread can still post to it. */
 int bh_httpd_post(bh_httpd_t *s, void (*fn)(void *), void *arg);
 void bh_httpd_stop_accepting(bh_httpd_t *s);
-/* Reload the listener's TLS certificate and key (bh_net_reload_tls): new connections use them,
- * existing ones keep theirs. On failure (errmsg: one line) the current ones stay in use;
- * BH_EINVAL without TLS. */
-int bh_httpd_reload_tls(bh_httpd_t *s, char *errmsg, size_t errcap);
-/* Use an already loaded certificate for new connections (bh_net_set_tls); on the loop's thread. */
+/* Use a loaded certificate (bh_net_tls_load) for new connections, existing ones keep theirs
+ * (bh_net_set_tls); on the loop's thread. This is how SIGHUP reloads TLS. */
 int bh_httpd_set_tls(bh_httpd_t *s, bh_net_tls_t *t);
 /* Close every connection now. The mailbox closes first: calls still queued for this loop run
  * here (a connection still migrating here is closed unhandled), later posts fail. Also from

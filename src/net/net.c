@@ -72,7 +72,6 @@ struct bh_net {
     void *server_ud;
     size_t max_output;
     SSL_CTX *tls_ctx; /* for new connections; NULL without TLS */
-    char *cert_file, *key_file;
     uint64_t handshake_timeout_ms;
     bh_conn_t *conns; /* every live connection */
     size_t nconns;
@@ -445,9 +444,6 @@ static int listener_bind(uv_loop_t *loop, uv_tcp_t *tcp, const struct sockaddr_s
 static void net_free_tls(bh_net_t *n) {
     SSL_CTX_free(n->tls_ctx); /* connections still open hold their own references */
     n->tls_ctx = NULL;
-    free(n->cert_file);
-    free(n->key_file);
-    n->cert_file = n->key_file = NULL;
 }
 
 int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
@@ -463,29 +459,19 @@ int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
     bh_net_t *n = calloc(1, sizeof *n);
     if (!n)
         return BH_ENOMEM;
-    if (cfg->tls.cert_file || cfg->tls.key_file) {
-        int r = BH_OK;
-        if (cfg->tls.shared) {
-            n->tls_ctx = (SSL_CTX *)cfg->tls.shared;
-            SSL_CTX_up_ref(n->tls_ctx);
-        } else {
-            r = bh_tls_ctx_new(cfg->tls.cert_file, cfg->tls.key_file, &n->tls_ctx, errmsg, errcap);
-        }
+    if (cfg->tls.shared) {
+        n->tls_ctx = (SSL_CTX *)cfg->tls.shared;
+        SSL_CTX_up_ref(n->tls_ctx);
+    } else if (cfg->tls.cert_file || cfg->tls.key_file) {
+        int r = bh_tls_ctx_new(cfg->tls.cert_file, cfg->tls.key_file, &n->tls_ctx, errmsg, errcap);
         if (r < 0) {
             free(n);
             return r;
         }
-        n->cert_file = strdup(cfg->tls.cert_file);
-        n->key_file = strdup(cfg->tls.key_file);
-        if (!n->cert_file || !n->key_file) {
-            snprintf(errmsg, errcap, "out of memory");
-            net_free_tls(n);
-            free(n);
-            return BH_ENOMEM;
-        }
+    }
+    if (n->tls_ctx)
         n->handshake_timeout_ms = cfg->tls.handshake_timeout_ms ? cfg->tls.handshake_timeout_ms
                                                                 : BH_TLS_HANDSHAKE_TIMEOUT_MS;
-    }
     n->loop = loop;
     n->h = *h;
     n->server_ud = server_ud;
@@ -515,21 +501,6 @@ int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
     uv_prepare_start(&n->prepare, on_prepare);
     uv_check_start(&n->check, on_check);
     *out = n;
-    return BH_OK;
-}
-
-int bh_net_reload_tls(bh_net_t *n, char *errmsg, size_t errcap) {
-    if (!n->tls_ctx) {
-        snprintf(errmsg, errcap, "TLS is not enabled on this listener");
-        return BH_EINVAL;
-    }
-    SSL_CTX *ctx = NULL;
-    int r = bh_tls_ctx_new(n->cert_file, n->key_file, &ctx, errmsg, errcap);
-    if (r < 0)
-        return r;
-    SSL_CTX_free(n->tls_ctx);
-    n->tls_ctx = ctx;
-    bh_log(BH_LOG_INFO, "TLS certificate reloaded", BH_LS("file", n->cert_file));
     return BH_OK;
 }
 

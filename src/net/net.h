@@ -40,7 +40,7 @@ typedef struct {
     const char *key_file;
     uint64_t handshake_timeout_ms; /* 0 = 10 s */
     /* When set, the listener takes a reference to this loaded context instead of loading the
-     * files itself (they still name it in logs and serve bh_net_reload_tls). */
+     * files (a reload loads once with bh_net_tls_load and hands it to bh_net_set_tls). */
     bh_net_tls_t *shared;
 } bh_net_tls_config_t;
 
@@ -57,14 +57,9 @@ typedef struct {
 int bh_net_new(uv_loop_t *loop, const bh_net_config_t *cfg, const char *listen,
                const bh_conn_handler_t *h, void *server_ud, bh_net_t **out, int *port, char *errmsg,
                size_t errcap);
-/* Load the TLS certificate and key again from the configured files, for connections accepted
- * from now on; existing connections keep the context they started with (reference-counted,
- * freed with the last of them). On failure (errmsg: one line) the current one stays in use.
- * BH_EINVAL when the layer was created without TLS. Call on the loop's thread (e.g. from a
- * uv_signal_t handler for SIGHUP). */
-int bh_net_reload_tls(bh_net_t *n, char *errmsg, size_t errcap);
-/* Use t (a reference is taken) for connections accepted from now on; existing ones keep theirs.
- * BH_EINVAL when the layer was created without TLS. On the loop's thread. */
+/* Use t (a reference is taken) for connections accepted from now on; existing connections keep
+ * the context they started with (reference-counted, freed with the last of them). BH_EINVAL
+ * when the layer was created without TLS. On the loop's thread. */
 int bh_net_set_tls(bh_net_t *n, bh_net_tls_t *t);
 int bh_net_tls_enabled(const bh_net_t *n);
 /* Stop accepting (idempotent). Existing connections continue. */

@@ -959,7 +959,10 @@ static void test_listener_tls_and_reload(void **state) {
     /* reload: new files, new connections get the new certificate... */
     copy_file("cert2.pem", "live.pem");
     copy_file("key2.pem", "livekey.pem");
-    assert_int_equal(bh_net_reload_tls(net, err, sizeof err), BH_OK);
+    bh_net_tls_t *next = NULL;
+    assert_int_equal(bh_net_tls_load(cert, key, &next, err, sizeof err), BH_OK);
+    assert_int_equal(bh_net_set_tls(net, next), BH_OK);
+    bh_net_tls_unref(next); /* the listener holds its own reference */
     client_start(&loop, &b, cctx, port, 0);
     run_until(&loop, &b.handshake_done);
     assert_int_equal(peer_serial(b.ssl), 2);
@@ -971,7 +974,9 @@ static void test_listener_tls_and_reload(void **state) {
 
     /* a failed reload keeps the current certificate and says why in one line */
     copy_file("key1.pem", "livekey.pem");
-    assert_int_equal(bh_net_reload_tls(net, err, sizeof err), BH_EINVAL);
+    next = NULL;
+    assert_int_equal(bh_net_tls_load(cert, key, &next, err, sizeof err), BH_EINVAL);
+    assert_null(next);
     assert_non_null(strstr(err, "does not match the certificate"));
     client_start(&loop, &c, cctx, port, 0);
     run_until(&loop, &c.handshake_done);
@@ -1038,8 +1043,11 @@ static void test_listener_errors(void **state) {
         bh_net_new(&loop, &cfg, "127.0.0.1:0", &g_handler, &g_hs, &net, &port, err, sizeof err),
         BH_OK);
     assert_false(bh_net_tls_enabled(net));
-    assert_int_equal(bh_net_reload_tls(net, err, sizeof err), BH_EINVAL);
-    assert_string_equal(err, "TLS is not enabled on this listener");
+    bh_net_tls_t *loaded = NULL;
+    path_of(key, sizeof key, "key1.pem");
+    assert_int_equal(bh_net_tls_load(cert, key, &loaded, err, sizeof err), BH_OK);
+    assert_int_equal(bh_net_set_tls(net, loaded), BH_EINVAL); /* not a TLS listener */
+    bh_net_tls_unref(loaded);
     bh_net_close_all(net);
     uv_run(&loop, UV_RUN_DEFAULT);
     bh_net_free(net);
