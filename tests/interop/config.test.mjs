@@ -29,6 +29,7 @@ import {
   startConnection,
   startServer,
   withTimeout,
+  makeTestPki,
 } from './harness.mjs';
 
 // The option table of the contract (docs: issue 7), with the defaults `serve --help` must show.
@@ -709,48 +710,6 @@ test('SIGTERM with both listeners: every acknowledged admin write is durable', {
 // certificates: one CA, two server certificates (A and B) for 127.0.0.1 / localhost
 
 function makePki(dir) {
-  execFileSync('mkdir', ['-p', dir]);
-  const cnf = path.join(dir, 'openssl.cnf');
-  writeFileSync(
-    cnf,
-    `[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = balancehub test
-[ca_ext]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[srv_ext]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1,DNS:localhost
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-`,
-  );
-  const f = (name) => path.join(dir, name);
-  const openssl = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
-  openssl('req', '-x509', '-config', cnf, '-extensions', 'ca_ext', ...ec, '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '2', '-subj', '/CN=balancehub throwaway config test CA');
-  const leaf = (name, serial) => {
-    openssl('req', '-new', '-config', cnf, ...ec, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`), '-subj', '/CN=localhost');
-    openssl('x509', '-req', '-in', f(`${name}.csr`), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-set_serial', String(serial), '-days', '2', '-extfile', cnf, '-extensions', 'srv_ext', '-out', f(`${name}.pem`));
-    writeFileSync(f(`${name}-chain.pem`), readFileSync(f(`${name}.pem`), 'utf8') + readFileSync(f('ca.pem'), 'utf8'));
-  };
-  leaf('a', 4242);
-  leaf('b', 4343);
-  openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', f('other.key'));
-  return {
-    ca: f('ca.pem'),
-    chainA: f('a-chain.pem'),
-    keyA: f('a.key'),
-    serialA: 4242,
-    chainB: f('b-chain.pem'),
-    keyB: f('b.key'),
-    serialB: 4343,
-    otherKey: f('other.key'),
-  };
+  const p = makeTestPki(dir, [['a', 4242], ['b', 4343]]);
+  return { ca: p.ca, chainA: p.a.chain, keyA: p.a.key, serialA: 4242, chainB: p.b.chain, keyB: p.b.key, serialB: 4343, otherKey: p.otherKey };
 }

@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
@@ -764,4 +764,48 @@ export function assertDemoSnapshot(env, clientId) {
     },
   );
   return sequence;
+}
+
+// ---------------------------------------------------------------------------------------------
+// a throwaway PKI
+
+// A CA (ca.pem) and server certificates for 127.0.0.1 / localhost signed by it, in dir: for each
+// [name, serial] of leaves, NAME.pem, NAME.key and NAME-chain.pem (the certificate followed by
+// the CA: what --tls-cert takes); other.key is a key that matches none of them.
+export function makeTestPki(dir, leaves) {
+  mkdirSync(dir, { recursive: true });
+  const cnf = path.join(dir, 'openssl.cnf');
+  writeFileSync(
+    cnf,
+    `[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = balancehub test
+[ca_ext]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[srv_ext]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1,DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+`,
+  );
+  const f = (name) => path.join(dir, name);
+  const openssl = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+  openssl('req', '-x509', '-config', cnf, '-extensions', 'ca_ext', ...ec, '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '2', '-subj', '/CN=balancehub throwaway test CA');
+  const out = { dir, ca: f('ca.pem'), otherKey: f('other.key') };
+  for (const [name, serial] of leaves) {
+    openssl('req', '-new', '-config', cnf, ...ec, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`), '-subj', '/CN=localhost');
+    openssl('x509', '-req', '-in', f(`${name}.csr`), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-set_serial', String(serial), '-days', '2', '-extfile', cnf, '-extensions', 'srv_ext', '-out', f(`${name}.pem`));
+    writeFileSync(f(`${name}-chain.pem`), readFileSync(f(`${name}.pem`), 'utf8') + readFileSync(f('ca.pem'), 'utf8'));
+    out[name] = { cert: f(`${name}.pem`), key: f(`${name}.key`), chain: f(`${name}-chain.pem`), serial };
+  }
+  openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', f('other.key'));
+  return out;
 }

@@ -21,6 +21,7 @@ import {
   binPath,
   explained,
   makeTempDir,
+  makeTestPki,
   removeTempDir,
   startServer,
   withTimeout,
@@ -34,37 +35,8 @@ const ex = (fn) => explained(() => server, fn);
 // A CA and a server certificate for 127.0.0.1 / localhost signed by it; chain.pem is the
 // certificate followed by the CA (what --tls-cert takes).
 function makePki() {
-  const dir = makeTempDir('balancehub-tls-');
-  const cnf = path.join(dir, 'openssl.cnf');
-  writeFileSync(
-    cnf,
-    `[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = balancehub test
-[ca_ext]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[srv_ext]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1,DNS:localhost
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-`,
-  );
-  const f = (name) => path.join(dir, name);
-  const openssl = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
-  openssl('req', '-x509', '-config', cnf, '-extensions', 'ca_ext', ...ec, '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '2', '-subj', '/CN=balancehub throwaway test CA');
-  openssl('req', '-new', '-config', cnf, ...ec, '-keyout', f('server.key'), '-out', f('server.csr'), '-subj', '/CN=localhost');
-  openssl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-set_serial', '4242', '-days', '2', '-extfile', cnf, '-extensions', 'srv_ext', '-out', f('server.pem'));
-  openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', f('other.key'));
-  writeFileSync(f('chain.pem'), readFileSync(f('server.pem'), 'utf8') + readFileSync(f('ca.pem'), 'utf8'));
-  return { dir, ca: f('ca.pem'), chain: f('chain.pem'), cert: f('server.pem'), key: f('server.key'), otherKey: f('other.key') };
+  const p = makeTestPki(makeTempDir('balancehub-tls-'), [['server', 4242]]);
+  return { dir: p.dir, ca: p.ca, chain: p.server.chain, cert: p.server.cert, key: p.server.key, otherKey: p.otherKey };
 }
 
 // One https request with node:https; resolves {status, body, alpn, protocol, cert} or rejects
