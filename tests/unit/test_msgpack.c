@@ -12,25 +12,9 @@
 
 #include "base/error.h"
 #include "signalr/protocol.h"
+#include "hex_util.h"
 
 static const bh_sr_protocol_t *mp = &bh_sr_msgpack_protocol;
-
-/* Bytes from hex text (spaces ignored); returns the count. */
-static size_t unhex(const char *hex, char *out, size_t cap) {
-    size_t n = 0;
-    for (const char *p = hex; *p;) {
-        if (*p == ' ') {
-            p++;
-            continue;
-        }
-        unsigned v;
-        assert_int_equal(sscanf(p, "%2x", &v), 1);
-        assert_true(n < cap);
-        out[n++] = (char)v;
-        p += 2;
-    }
-    return n;
-}
 
 static void expect_hex(bh_buf_t *b, const char *hex) {
     char want[512];
